@@ -1,0 +1,27 @@
+"""torchdistill-mismatch: Knowledge Distillation with Distribution Mismatch (Nguyen et al., ECML PKDD 2021)
+as torchdistill 1.x components.
+
+Importing the package registers, into torchdistill's own registries:
+
+- dataset wrapper / dataset ``GeneratorAuxiliaryDataset`` (:mod:`.dataset`),
+- batch sampler ``TeacherConfidenceBatchSampler`` (:mod:`.sampler`),
+- mid-level loss ``MismatchKDLoss`` (:mod:`.loss`),
+- pre-epoch process ``mismatch_pre_epoch_process`` (:mod:`.processes`),
+- models ``timm_model`` and ``lenet5`` (:mod:`.models`), dataset ``mismatch_dataset`` (:mod:`.data`).
+
+A recipe gets them with ``dependencies: [{name: 'torchdistill_mismatch'}]``.
+"""
+__version__ = '0.1.0'
+
+# torchdistill's dataset registry scans sys.modules['torchvision.datasets'] when first imported and
+# fails with a KeyError unless torchvision.datasets was imported before it.
+import torchvision.datasets  # noqa: E402,F401
+
+from . import data, dataset, generator, latent, loss, models, processes, sampler  # noqa: E402,F401  (registers)
+from .dataset import GeneratorAuxiliaryDataset  # noqa: E402
+from .knobs import ConfigError  # noqa: E402
+from .loss import MismatchKDLoss  # noqa: E402
+from .sampler import TeacherConfidenceBatchSampler  # noqa: E402
+
+__all__ = ['ConfigError', 'GeneratorAuxiliaryDataset', 'MismatchKDLoss', 'TeacherConfidenceBatchSampler',
+           '__version__']
