@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -156,7 +156,8 @@ def build_box(config: dict, teacher: nn.Module | None, student: nn.Module, devic
 
 
 def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distributed: bool = False,
-                       log_freq: int = 0, start_epoch: int = 0, dst_ckpt: str | None = None) -> RunResult:
+                       log_freq: int = 0, start_epoch: int = 0, dst_ckpt: str | None = None,
+                       on_epoch_end: Callable[[Any], None] | None = None) -> RunResult:
     """Builds the models and the box from a loaded YAML config, trains, and evaluates on the test loader.
 
     Args:
@@ -166,6 +167,7 @@ def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distrib
         log_freq: log every this many steps (0: once per epoch).
         start_epoch: epoch to start from (the checkpoint's optimizer state is loaded by the CLI).
         dst_ckpt: where to save the student (torchdistill's checkpoint format), or None.
+        on_epoch_end: called with the box after each epoch (tests and the benchmark inspect it).
     """
     device = torch.device(device)
     import_dependencies(config.get('dependencies'))
@@ -186,6 +188,8 @@ def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distrib
         result.steps += steps
         result.images_seen += images
         box.post_epoch_process()
+        if on_epoch_end is not None:
+            on_epoch_end(box)
         if is_main_process():
             logger.info('epoch %d/%d: %d steps, loss %.4f, %.1f s', epoch + 1, box.num_epochs, steps, mean_loss,
                         time.perf_counter() - epoch_start)
