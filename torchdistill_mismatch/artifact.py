@@ -52,7 +52,8 @@ def package_versions() -> dict[str, str]:
     import timm
     import torchdistill
     from . import __version__
-    return {'torch': torch.__version__, 'torchdistill': torchdistill.__version__, 'timm': timm.__version__,
+    # str(): torch.__version__ is a TorchVersion, which weights_only=True refuses to unpickle.
+    return {'torch': str(torch.__version__), 'torchdistill': str(torchdistill.__version__), 'timm': str(timm.__version__),
             'torchdistill_mismatch': __version__}
 
 

@@ -10,7 +10,8 @@ rank's shard of the pool (pool image j belongs to rank ``j % world_size``) with 
 
     P(j) \\propto c_j^{\\gamma}, \\qquad c_j = p_T(y_j \\mid \\tilde x_j),
 
-without replacement while the shard lasts. ``gamma = 0`` draws uniformly. The number of batches per
+without replacement when the epoch needs no more images than the shard has, with replacement (the
+weights then hold exactly) when it needs more. ``gamma = 0`` draws uniformly. The number of batches per
 epoch is that of a plain ``BatchSampler`` with the same ``batch_size``, so the method takes exactly as
 many optimiser steps as the KD recipe it replaces.
 

@@ -1,0 +1,83 @@
+"""The generator and the learned latent on scikit-learn's digits, with a teacher trained in the session."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from torchdistill_mismatch.data import mismatch_dataset
+from torchdistill_mismatch.dataset import GeneratorAuxiliaryDataset
+from torchdistill_mismatch.generator import ConvCVAE, build_generator
+from torchdistill_mismatch.knobs import ConfigError
+
+
+@torch.no_grad()
+def _mean_negative_elbo(generator, dataset) -> float:
+    torch.manual_seed(0)
+    generator.eval()
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    return float(generator.negative_elbo(images, labels))
+
+
+@torch.no_grad()
+def _pass_rate(dataset, teacher, learned: bool, threshold: float = 0.5, n: int = 1000) -> float:
+    labels = torch.arange(n) % 10
+    rng = torch.Generator().manual_seed(1)
+    z = dataset.latent.sample(labels, rng) if learned else torch.randn(n, dataset.config['latent_dim'], generator=rng)
+    images = dataset.generator_model.decode(z, labels)
+    confidence = F.softmax(teacher(images), dim=1).gather(1, labels[:, None]).squeeze(1)
+    return float((confidence >= threshold).float().mean())
+
+
+def test_fitting_lowers_the_negative_elbo_and_the_learned_latent_raises_the_pass_rate(digits_teacher):
+    real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, latent_dim=8, base_channels=16, fit_steps=300,
+                                        latent_steps=100, kl_weight=0.05)
+    dataset._build()
+    dataset.generator_model.set_data_stats(real.images.mean(dim=(0, 2, 3)), real.images.std(dim=(0, 2, 3)))
+    before = _mean_negative_elbo(dataset.generator_model, real)
+    dataset.fit(digits_teacher, 'cpu')
+    after = _mean_negative_elbo(dataset.generator_model, real)
+    prior_rate = _pass_rate(dataset, digits_teacher, learned=False)
+    learned_rate = _pass_rate(dataset, digits_teacher, learned=True)
+    print(f'\n[generator figures] negative ELBO (nats/image) before {before:.1f} after {after:.1f}; '
+          f'teacher pass rate (p >= 0.5) N(0, I) {prior_rate:.3f} learned latent {learned_rate:.3f}')
+    assert after < before - 50, (before, after)
+    assert learned_rate > prior_rate + 0.1, (prior_rate, learned_rate)
+    assert dataset.timings['generator_fit'] > 0 and dataset.timings['latent_fit'] > 0
+
+
+def test_pool_holds_only_images_the_teacher_accepts(digits_teacher):
+    real = mismatch_dataset('digits', 'student', 'none', seed=0, image_size=16)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, latent_dim=8, base_channels=16, fit_steps=60,
+                                        latent_steps=20, pool_size=300, confidence_threshold=0.6)
+    dataset.fit(digits_teacher, 'cpu')
+    dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
+    assert 0 < len(dataset.pool_labels) <= 300
+    assert bool((dataset.pool_confidence >= 0.6).all())
+    image, label, supp = dataset[dataset.pool_offset]
+    assert image.shape == real[0][0].shape and supp['is_generated'] and supp['teacher_confidence'] >= 0.6
+    with torch.no_grad():
+        confidence = F.softmax(digits_teacher(dataset.pool_images), dim=1).gather(
+            1, dataset.pool_labels[:, None]).squeeze(1)
+    assert torch.allclose(confidence, dataset.pool_confidence, atol=1e-5)
+    first = dataset.pool_images.clone()
+    dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
+    assert torch.equal(first, dataset.pool_images), 'the same refresh index must give the same pool on every rank'
+
+
+@pytest.mark.parametrize('shape', [(1, 28, 28), (3, 32, 32), (3, 224, 224), (1, 16, 16)])
+def test_generator_sizes_itself_from_the_image_shape(shape):
+    generator = build_generator('ConvCVAE', shape, num_classes=5, latent_dim=4, base_channels=8)
+    labels = torch.tensor([0, 4])
+    images = generator.decode(torch.randn(2, 4), labels)
+    assert images.shape == (2, *shape)
+    assert torch.isfinite(generator.negative_elbo(torch.randn(2, *shape), labels))
+
+
+def test_an_image_the_generator_cannot_take_is_refused_clearly():
+    with pytest.raises(ConfigError, match='at least 8 px'):
+        ConvCVAE((1, 4, 4), num_classes=3)
+    with pytest.raises(ConfigError, match="accepted: ConvCVAE"):
+        build_generator('ConvVAE', (1, 28, 28), num_classes=3)
