@@ -32,7 +32,7 @@ def _pass_rate(dataset, teacher, learned: bool, threshold: float = 0.5, n: int =
 
 def test_fitting_lowers_the_negative_elbo_and_the_learned_latent_raises_the_pass_rate(digits_teacher):
     real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
-    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, latent_dim=8, base_channels=16, fit_steps=300,
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, generator='ConvCVAE', latent_dim=8, base_channels=16, fit_steps=300,
                                         latent_steps=100, kl_weight=0.05)
     dataset._build()
     dataset.generator_model.set_data_stats(real.images.mean(dim=(0, 2, 3)), real.images.std(dim=(0, 2, 3)))
@@ -50,7 +50,7 @@ def test_fitting_lowers_the_negative_elbo_and_the_learned_latent_raises_the_pass
 
 def test_pool_holds_only_images_the_teacher_accepts(digits_teacher):
     real = mismatch_dataset('digits', 'student', 'none', seed=0, image_size=16)
-    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, latent_dim=8, base_channels=16, fit_steps=60,
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, generator='ConvCVAE', latent_dim=8, base_channels=16, fit_steps=60,
                                         latent_steps=20, pool_size=300, confidence_threshold=0.6)
     dataset.fit(digits_teacher, 'cpu')
     dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
@@ -81,3 +81,31 @@ def test_an_image_the_generator_cannot_take_is_refused_clearly():
         ConvCVAE((1, 4, 4), num_classes=3)
     with pytest.raises(ConfigError, match="accepted: ConvCVAE"):
         build_generator('ConvVAE', (1, 28, 28), num_classes=3)
+
+
+def test_anchored_renderings_find_the_teachers_domain_for_shifted_images(digits_teacher):
+    """Under the covariate shift the teacher is often wrong on the student's own images; the renderings
+    chosen among candidates pass its filter far more often, and every class keeps images."""
+    real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, pool_size=600, candidates=8, mixup_alpha=0.0)
+    dataset.fit(digits_teacher, 'cpu')
+    dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
+    with torch.no_grad():
+        on_real = F.softmax(digits_teacher(real.images), dim=1).gather(1, torch.tensor(real.targets)[:, None])
+    real_rate = float((on_real >= 0.5).float().mean())
+    print(f'\n[anchored] teacher pass rate: real shifted images {real_rate:.3f}, '
+          f're-rendered pool {dataset.history["pass_rate"][-1]:.3f}')
+    assert dataset.history['pass_rate'][-1] > real_rate + 0.1
+    assert torch.bincount(dataset.pool_labels, minlength=10).min() > 0
+
+
+def test_mixed_items_are_unlabelled_and_repeatable(digits_teacher):
+    from torchdistill_mismatch.dataset import UNLABELLED
+    real = mismatch_dataset('digits', 'student', 'none', seed=0, image_size=16)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, pool_size=200, mixup_alpha=1.0, mixup_fraction=1.0)
+    dataset.prepare_epoch(digits_teacher, 'cpu', epoch=0)
+    image, label, supp = dataset[dataset.pool_offset + 3]
+    assert label == UNLABELLED and supp['is_generated'] and image.shape == real[0][0].shape
+    assert torch.equal(image, dataset[dataset.pool_offset + 3][0]), 'same epoch and index: same mix'
+    dataset.prepare_epoch(digits_teacher, 'cpu', epoch=1)
+    assert not torch.equal(image, dataset[dataset.pool_offset + 3][0]), 'a new epoch draws a new mix'

@@ -19,19 +19,21 @@ def _softmax(values: list[float], t: float = 1.0) -> list[float]:
     return [e / sum(exps) for e in exps]
 
 
-def test_matches_a_hand_computation():
+@pytest.mark.parametrize('weighting', ['agreement', 'probability'])
+def test_matches_a_hand_computation(weighting):
     student = [[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]]
-    teacher = [[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]
+    teacher = [[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]  # agrees with label 0, disagrees with label 2
     labels = [0, 2]
-    t, kappa = 2.0, 1.0
+    t, kappa = 2.0, 1.5
     expected = []
     for s, te, y in zip(student, teacher, labels):
         p_t, p_s = _softmax(te, t), _softmax(s, t)
         kl = sum(a * (math.log(a) - math.log(b)) for a, b in zip(p_t, p_s)) * t * t
-        w = _softmax(te)[y] ** kappa
+        agrees = max(range(3), key=lambda k: te[k]) == y
+        w = 1.0 if weighting == 'agreement' and agrees else _softmax(te)[y] ** kappa
         ce = -math.log(_softmax(s)[y])
         expected.append(w * kl + (1 - w) * ce)
-    loss = MismatchKDLoss(temperature=t, kappa=kappa)
+    loss = MismatchKDLoss(temperature=t, kappa=kappa, weighting=weighting)
     got = loss(_io(torch.tensor(student)), _io(torch.tensor(teacher)), torch.tensor(labels))
     assert got.item() == pytest.approx(sum(expected) / 2, rel=1e-5)
 
@@ -54,10 +56,23 @@ def test_leans_on_the_label_where_the_teacher_is_wrong():
     teacher_wrong = torch.tensor([[-8.0, 8.0, 0.0]])
     student_follows_label = torch.tensor([[8.0, -8.0, 0.0]])
     student_follows_teacher = torch.tensor([[-8.0, 8.0, 0.0]])
-    loss = MismatchKDLoss(temperature=4.0, kappa=1.0)
+    loss = MismatchKDLoss(temperature=4.0, kappa=1.0, weighting='agreement')
     follows_label = loss(_io(student_follows_label), _io(teacher_wrong), labels)
     follows_teacher = loss(_io(student_follows_teacher), _io(teacher_wrong), labels)
     assert follows_label < follows_teacher
+
+
+def test_class_agreement_learns_which_classes_the_teacher_gets_wrong_on_this_data():
+    loss = MismatchKDLoss(temperature=4.0, kappa=1.0, agreement_momentum=0.5)
+    labels = torch.tensor([0, 0, 1, 1])
+    # The teacher says class 1 for everything: right on class 1, wrong on every class-0 image.
+    teacher = torch.tensor([[-5.0, 5.0]] * 4)
+    for _ in range(10):
+        loss(_io(torch.zeros(4, 2)), _io(teacher), labels)
+    assert loss.class_agreement[0] < 0.01 and loss.class_agreement[1] == pytest.approx(1.0)
+    per_sample = loss.per_sample(torch.tensor([[5.0, -5.0]] * 4), teacher, labels)
+    # Class 0: the label rules (student agreeing with it pays ~nothing); class 1: pure KD.
+    assert per_sample[:2].max() < 0.1 < per_sample[2:].min()
 
 
 def test_gradients_are_finite_even_for_extreme_logits():
@@ -67,3 +82,13 @@ def test_gradients_are_finite_even_for_extreme_logits():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
     assert student.grad.abs().sum() > 0
+
+
+def test_unlabelled_items_get_pure_kd():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(6, 5), torch.randn(6, 5)
+    unlabelled = torch.full((6,), -1)
+    pure_kd = MismatchKDLoss(temperature=3.0, kappa=0.0)(_io(student), _io(teacher), torch.randint(5, (6,)))
+    for weighting in ('class_agreement', 'agreement', 'probability'):
+        loss = MismatchKDLoss(temperature=3.0, weighting=weighting)(_io(student), _io(teacher), unlabelled)
+        assert loss.item() == pytest.approx(pure_kd.item(), rel=1e-5)

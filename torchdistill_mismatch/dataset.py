@@ -41,19 +41,23 @@ from .artifact import (config_fingerprint, load_artifact, model_fingerprint, pac
                        save_artifact, stale_reasons, tensor_fingerprint)
 from .generator import GENERATOR_DICT, build_generator, fit_generator
 from .knobs import REQUIRED, ConfigError, Knob, check_registry_key, resolve_knobs
-from .latent import ClassLatentDistribution, fit_latent
+from .generator import channel_range, channel_stats
+from .latent import ClassLatentDistribution, TransformProposal, best_of_candidates, fit_latent
 from .progress import is_main_process, progress_bar, timed_stage
 
 logger = logging.getLogger(__name__)
 
 WRAPPER_PATH = 'train.train_data_loader.dataset_wrapper.kwargs'
+# Label of a teacher-labelled item that has no hard label (a mix of two images): losses treat it as pure KD.
+UNLABELLED = -1
 # Items hashed for the data fingerprint: enough to catch another subset, order or transform, cheap
 # enough for an ImageNet-sized folder (each item is one decode).
 FINGERPRINT_ITEMS = 256
 
 KNOBS = (
     Knob('num_classes', int, REQUIRED, low=2, doc='classes of the task; must equal the teacher\'s and the student\'s outputs'),
-    Knob('generator', str, 'ConvCVAE', doc='registered generator builder (`register_generator`)'),
+    Knob('generator', str, 'ImageTransformGenerator', doc='registered generator builder (`register_generator`): ConvCVAE samples '
+         'new images from q_c; ImageTransformGenerator re-renders real images toward the teacher\'s domain'),
     Knob('latent_dim', int, 16, low=1, doc='size of the latent code z; 16 fits 28x28 grey images, raise it for RGB'),
     Knob('base_channels', int, 32, low=1, doc='width of the generator\'s first convolution (doubled once)'),
     Knob('fit_steps', int, 1500, low=0, doc='Adam steps fitting the generator (negative ELBO)'),
@@ -63,11 +67,17 @@ KNOBS = (
     Knob('latent_steps', int, 200, low=0, doc='Adam steps fitting q_c'),
     Knob('latent_lr', float, 0.05, low=0, low_open=True, doc='learning rate of the q_c fit'),
     Knob('kl_weight', float, 1.0, low=0, doc='lambda: weight of KL(q_c || N(0, I)); keeps samples diverse'),
-    Knob('pool_size', int, 5000, low=1, doc='images generated per refresh, before the confidence filter'),
-    Knob('refresh_every', int, 5, low=1, doc='epochs between pool refreshes'),
+    Knob('pool_size', int, 2000, low=1, doc='images generated per refresh, before the confidence filter'),
+    Knob('refresh_every', int, 3, low=1, doc='epochs between pool refreshes'),
     Knob('confidence_threshold', float, 0.5, low=0, high=1, doc='tau: keep an image when p_T(its class) >= tau'),
     Knob('class_prior', str, 'uniform', choices=('uniform', 'data', 'inverse'),
          doc='class proportions of the pool: uniform, as in the real data, or inverse to it (rebalancing)'),
+    Knob('candidates', int, 4, low=1, doc='anchored generators: candidate renderings per real image; the teacher keeps the best'),
+    Knob('candidate_choice', str, 'passing', choices=('best', 'passing'),
+         doc='anchored generators: keep the most probable candidate, or a random one passing the threshold'),
+    Knob('proposal_rounds', int, 2, low=0, doc='anchored generators: cross-entropy-method rounds fitting q_c (the latent fit)'),
+    Knob('mixup_alpha', float, 1.0, low=0, doc='serve generated items mixed with a real image, lambda ~ Beta(alpha, alpha); 0 = off'),
+    Knob('mixup_fraction', float, 0.5, low=0, high=1, doc='share of served generated items that are mixed when mixup_alpha > 0'),
     Knob('generation_batch_size', int, 512, low=1, doc='batch size of pool generation and teacher labelling'),
     Knob('artifact_path', str, None, nullable=True, doc='where to save/load the fitted generator; empty = refit each run'),
     Knob('seed', int, 0, low=0, doc='seed of fitting and pool sampling (pools are identical across ranks)'),
@@ -144,6 +154,7 @@ class GeneratorAuxiliaryDataset(Dataset):
         self.pool_confidence = torch.empty(0)
         self.pool_refresh_count = 0
         self.last_refresh_epoch = None
+        self.current_epoch = 0
         self.timings: dict[str, float] = {}
         self.history: dict[str, list[float]] = {}
 
@@ -161,20 +172,52 @@ class GeneratorAuxiliaryDataset(Dataset):
             image, label = self.org_dataset[index][:2]
             return image, int(label), {'is_generated': False, 'teacher_confidence': -1.0}
         j = index - self.pool_offset
+        if self.config['mixup_alpha'] > 0:
+            mixed = self._mixed_item(j)
+            if mixed is not None:
+                return mixed
         return (self.pool_images[j], int(self.pool_labels[j]),
                 {'is_generated': True, 'teacher_confidence': float(self.pool_confidence[j])})
+
+    def _mixed_item(self, j: int):
+        """Pool image j mixed with a real image (real-generated mixup: Zhang et al., ICLR 2018; FS-BBT, ECCV 2022).
+
+        Decided and drawn from a generator seeded by (seed, epoch, j): the same on every rank and worker,
+        new every epoch, with no teacher pass here. The item's label is UNLABELLED (-1): its target is
+        the teacher's soft output, which the DistillationBox computes on the batch anyway, so
+        MismatchKDLoss gives it pure KD (a hard label for a mix would be a guess).
+        """
+        rng = torch.Generator().manual_seed(self.config['seed'] * 1_000_003 + self.current_epoch * 100_003 + j)
+        if float(torch.rand((), generator=rng)) >= self.config['mixup_fraction']:
+            return None
+        alpha = self.config['mixup_alpha']
+        # Beta(a, a) from two Gammas, drawn with ``rng`` (torch's Beta takes no generator).
+        u = torch.rand(2, generator=rng).clamp(1e-6, 1 - 1e-6)
+        lam = float(_beta_from_uniforms(u, alpha))
+        partner = int(torch.randint(self.pool_offset, (), generator=rng))
+        real = torch.as_tensor(self.org_dataset[partner][0]).float()
+        image = lam * self.pool_images[j] + (1 - lam) * real
+        return image, UNLABELLED, {'is_generated': True, 'teacher_confidence': -1.0}
 
     # -- fitting ---------------------------------------------------------------------------------------
     def _generator_config(self) -> dict[str, Any]:
         keys = ('generator', 'latent_dim', 'base_channels', 'fit_steps', 'fit_lr', 'fit_batch_size',
-                'learn_latent', 'latent_steps', 'latent_lr', 'kl_weight', 'seed')
+                'learn_latent', 'latent_steps', 'latent_lr', 'kl_weight', 'seed', 'candidates', 'proposal_rounds')
         return {k: self.config[k] for k in keys}
 
     def _build(self) -> None:
         self.generator_model = build_generator(self.config['generator'], self.image_shape, self.num_classes,
                                                latent_dim=self.config['latent_dim'],
                                                base_channels=self.config['base_channels'])
-        self.latent = ClassLatentDistribution(self.num_classes, self.config['latent_dim'])
+        if self.anchored:
+            self.latent = TransformProposal(self.num_classes)
+        else:
+            self.latent = ClassLatentDistribution(self.num_classes, self.config['latent_dim'])
+
+    @property
+    def anchored(self) -> bool:
+        """True when the generator re-renders real images (G(x, theta)) instead of decoding a latent alone."""
+        return bool(getattr(GENERATOR_DICT[self.config['generator']], 'anchored', False))
 
     def fingerprints(self, teacher: nn.Module) -> dict[str, str]:
         return {'data': _data_fingerprint(self.org_dataset, self.labels), 'teacher': model_fingerprint(teacher),
@@ -185,6 +228,9 @@ class GeneratorAuxiliaryDataset(Dataset):
         torch.manual_seed(config['seed'])
         loader = DataLoader(_RealOnly(self.org_dataset), batch_size=min(config['fit_batch_size'], len(self)),
                             shuffle=True, drop_last=True)
+        if self.anchored:
+            self._fit_anchored(teacher, device, loader)
+            return
         with timed_stage('generator_fit', self.timings):
             bar = progress_bar(config['fit_steps'], 'fit generator')
             self.history['negative_elbo'] = fit_generator(
@@ -199,6 +245,56 @@ class GeneratorAuxiliaryDataset(Dataset):
                     config['kl_weight'], min(config['generation_batch_size'], 256), device,
                     progress=lambda step, elapsed: bar.update(1))
                 bar.close()
+
+    def _fit_anchored(self, teacher: nn.Module, device: torch.device, loader: DataLoader) -> None:
+        """Data range for the renderer, then q_c by the cross-entropy method on the student's images."""
+        with timed_stage('generator_fit', self.timings):
+            self.generator_model.set_data_stats(*channel_stats(loader, device))
+            self.generator_model.set_data_range(*channel_range(loader, device))
+        if not self.config['learn_latent']:
+            return
+        rng = torch.Generator(device=device).manual_seed(self.config['seed'])
+        with timed_stage('latent_fit', self.timings):
+            bar = progress_bar(self.config['proposal_rounds'], 'fit proposal')
+            rates = []
+            for _ in range(self.config['proposal_rounds']):
+                indices = self._draw_real_indices(min(self.config['pool_size'], 2000), rng)
+                images, labels = self._real_batch(indices, device)
+                thetas, confidences = [], []
+                for chunk in torch.arange(len(indices)).split(self._anchored_chunk()):
+                    _, theta, confidence = best_of_candidates(
+                        self.generator_model, self.latent, teacher, images[chunk], labels[chunk],
+                        self.config['candidates'], rng, self.config['candidate_choice'],
+                        self.config['confidence_threshold'])
+                    thetas.append(theta)
+                    confidences.append(confidence)
+                theta, confidence = torch.cat(thetas), torch.cat(confidences)
+                rates.append(float((confidence >= self.config['confidence_threshold']).float().mean()))
+                # Elites: the best candidate of each image the teacher then accepts.
+                elite = confidence >= self.config['confidence_threshold']
+                self.latent.refit(theta[elite], labels[elite])
+                bar.update(1)
+            bar.close()
+            self.history['latent_objective'] = rates
+
+    def _anchored_chunk(self) -> int:
+        return max(1, self.config['generation_batch_size'] // self.config['candidates'])
+
+    def _draw_real_indices(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        """``count`` real indices whose classes follow the class prior (uniform within a class)."""
+        device = rng.device
+        labels = torch.multinomial(self.class_prior().to(device), count, replacement=True, generator=rng).cpu()
+        by_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
+        present = torch.tensor([len(ix) > 0 for ix in by_class])
+        # A class absent from the real data cannot anchor a rendering: draw it from the present ones.
+        labels = torch.where(present[labels], labels, torch.nonzero(present).flatten()[labels % int(present.sum())])
+        offsets = (torch.rand(count, generator=rng, device=device).cpu()
+                   * torch.tensor([len(by_class[c]) for c in labels.tolist()])).long()
+        return torch.stack([by_class[c][o] for c, o in zip(labels.tolist(), offsets.tolist())])
+
+    def _real_batch(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([torch.as_tensor(self.org_dataset[i][0]) for i in indices.tolist()]).to(device)
+        return images.float(), self.labels[indices].to(device)
 
     def fit(self, teacher: nn.Module, device: torch.device | str = 'cpu') -> None:
         """Fits (or loads) the generator and latent distribution; rank 0 fits, other ranks receive its state.
@@ -281,25 +377,50 @@ class GeneratorAuxiliaryDataset(Dataset):
         config = self.config
         teacher.eval()
         rng = torch.Generator(device=device).manual_seed(config['seed'] * 1_000_003 + refresh_index)
-        labels = torch.multinomial(self.class_prior().to(device), config['pool_size'], replacement=True,
-                                   generator=rng)
-        kept_images, kept_labels, kept_conf = [], [], []
         with timed_stage('pool_generation', self.timings):
             bar = progress_bar(config['pool_size'], 'generate pool')
-            for chunk in labels.split(config['generation_batch_size']):
-                images = self.generator_model.decode(self.latent.sample(chunk, rng), chunk)
-                confidence = F.softmax(teacher(images).float(), dim=1).gather(1, chunk[:, None]).squeeze(1)
-                keep = confidence >= config['confidence_threshold']
-                kept_images.append(images[keep])
-                kept_labels.append(chunk[keep])
-                kept_conf.append(confidence[keep])
-                bar.update(chunk.numel())
+            if self.anchored:
+                images, labels, confidence = self._render_anchored(teacher, device, rng, bar)
+            else:
+                images, labels, confidence = self._decode_latent(teacher, device, rng, bar)
             bar.close()
-            self.pool_images = torch.cat(kept_images).cpu()
-            self.pool_labels = torch.cat(kept_labels).cpu()
-            self.pool_confidence = torch.cat(kept_conf).cpu()
+            drawn = labels
+            keep = confidence >= config['confidence_threshold']
+            images, labels, confidence = images[keep], labels[keep], confidence[keep]
+            self.pool_images, self.pool_labels, self.pool_confidence = images.cpu(), labels.cpu(), confidence.cpu()
         self.pool_refresh_count += 1
-        self._log_pool(labels.cpu())
+        self._log_pool(drawn.cpu())
+
+    def _decode_latent(self, teacher: nn.Module, device: torch.device, rng: torch.Generator, bar):
+        """z ~ q_c for labels drawn from the class prior, decoded and scored by the teacher."""
+        labels = torch.multinomial(self.class_prior().to(device), self.config['pool_size'], replacement=True,
+                                   generator=rng)
+        images, confidence = [], []
+        for chunk in labels.split(self.config['generation_batch_size']):
+            decoded = self.generator_model.decode(self.latent.sample(chunk, rng), chunk)
+            images.append(decoded)
+            confidence.append(F.softmax(teacher(decoded).float(), dim=1).gather(1, chunk[:, None]).squeeze(1))
+            bar.update(chunk.numel())
+        return torch.cat(images), labels, torch.cat(confidence)
+
+    def _render_anchored(self, teacher: nn.Module, device: torch.device, rng: torch.Generator, bar):
+        """Real images drawn by the class prior, each re-rendered as the best of ``candidates`` draws of q_c."""
+        indices = self._draw_real_indices(self.config['pool_size'], rng)
+        images, labels, confidence = [], [], []
+        for chunk in indices.split(self._anchored_chunk() * 4):
+            real, chunk_labels = self._real_batch(chunk, device)
+            if self.config['learn_latent']:
+                rendered, _, chunk_conf = best_of_candidates(
+                    self.generator_model, self.latent, teacher, real, chunk_labels, self.config['candidates'], rng,
+                    self.config['candidate_choice'], self.config['confidence_threshold'])
+            else:  # ablation: one draw from the prior, no search
+                rendered = self.generator_model.render(real, self.latent.sample(chunk_labels, rng))
+                chunk_conf = F.softmax(teacher(rendered).float(), dim=1).gather(1, chunk_labels[:, None]).squeeze(1)
+            images.append(rendered)
+            labels.append(chunk_labels)
+            confidence.append(chunk_conf)
+            bar.update(chunk.numel())
+        return torch.cat(images), torch.cat(labels), torch.cat(confidence)
 
     def _log_pool(self, drawn: torch.Tensor) -> None:
         kept = torch.bincount(self.pool_labels, minlength=self.num_classes)
@@ -316,6 +437,7 @@ class GeneratorAuxiliaryDataset(Dataset):
 
     def prepare_epoch(self, teacher: nn.Module, device: torch.device | str, epoch: int) -> None:
         """Called by the pre-epoch process: fit on first use, then refresh the pool on schedule."""
+        self.current_epoch = epoch
         if self.generator_model is None:
             self.fit(teacher, device)
         due = self.last_refresh_epoch is None or epoch - self.last_refresh_epoch >= self.config['refresh_every'] \
@@ -323,6 +445,19 @@ class GeneratorAuxiliaryDataset(Dataset):
         if due:
             self.refresh_pool(teacher, device, refresh_index=epoch // self.config['refresh_every'])
             self.last_refresh_epoch = epoch
+
+
+def _beta_from_uniforms(u: torch.Tensor, alpha: float) -> torch.Tensor:
+    """A mixing weight in (0, 1) from two uniforms, symmetric around 0.5 like Beta(alpha, alpha).
+
+    alpha = 1 (the default of mixup) is exact: Beta(1, 1) is uniform. Other alphas use Johnk's ratio
+    u^(1/a) / (u^(1/a) + v^(1/a)) without its rejection step: an approximation that keeps the right
+    tendency (small alpha: near 0 or 1; large alpha: near 0.5), documented as such in docs/knobs.md.
+    """
+    if alpha == 1.0:
+        return u[0]
+    a, b = u[0] ** (1 / alpha), u[1] ** (1 / alpha)
+    return a / (a + b)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -210,3 +210,82 @@ def fit_generator(generator: ConditionalGenerator, loader, steps: int, lr: float
     generator.eval()
     # One host sync at the end instead of one per step (keeps the GPU pipeline full).
     return torch.stack(history).tolist() if history else []
+
+
+TRANSFORM_PARAMS = ('flip', 'angle', 'sharpen')
+
+
+@register_generator
+class ImageTransformGenerator(ConditionalGenerator):
+    """An *anchored* generator: G(x, theta) re-renders a real student image under imaging conditions theta.
+
+    theta = (flip, angle, sharpen): ``flip`` in {0, 1} reverses intensities within the data's range,
+    ``angle`` rotates (radians), ``sharpen`` >= 0 is an unsharp mask's amount. These are common ways
+    imaging conditions differ (contrast polarity, orientation, focus). A distribution over theta learned
+    per class (:class:`~torchdistill_mismatch.latent.TransformProposal`) and a per-image choice of the
+    candidate the teacher classifies best *find* the teacher's domain for each student image instead of
+    filtering it out (DESIGN.md S2: a latent move under the image's own label, bounded by the prior).
+    It needs no fitting beyond the data's range, so it costs a few teacher passes, not a VAE fit.
+
+    Shifts outside this family (e.g. another sensor's noise) are not undone by it; use ``ConvCVAE``
+    there. Idea sources: spatial transformer networks (Jaderberg et al., NeurIPS 2015) for differentiable
+    re-rendering; the latent-move of FS-BBT (Nguyen et al., ECCV 2022) for searching under a fixed label.
+    """
+    anchored = True
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 3, **unused):
+        super().__init__()
+        channels, height, width = image_shape
+        if min(height, width) < MIN_SIDE:
+            raise ConfigError(f'image shape {tuple(image_shape)}: the generator needs sides of at least {MIN_SIDE} px')
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.latent_dim = len(TRANSFORM_PARAMS)
+        self.register_buffer('data_low', torch.zeros(channels))
+        self.register_buffer('data_high', torch.ones(channels))
+        self.register_buffer('data_mean', torch.zeros(channels))
+        self.register_buffer('data_std', torch.ones(channels))
+
+    def set_data_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.data_mean.copy_(mean)
+        self.data_std.copy_(std.clamp_min(1e-6))
+
+    def set_data_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        self.data_low.copy_(low)
+        self.data_high.copy_(high)
+
+    def render(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """G(x, theta) for a batch of images (B, C, H, W) and parameters (B, 3)."""
+        low, high = self.data_low.view(1, -1, 1, 1), self.data_high.view(1, -1, 1, 1)
+        flip, angle, sharpen = theta[:, 0] > 0.5, theta[:, 1], theta[:, 2].clamp_min(0)
+        x = torch.where(flip.view(-1, 1, 1, 1), low + high - images, images)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        affine = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                              torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+        grid = F.affine_grid(affine, list(x.shape), align_corners=False)
+        # Rotate the offset from the darkest value so that uncovered corners get the background, not 0.
+        x = F.grid_sample(x - low, grid, align_corners=False, padding_mode='zeros') + low
+        blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode='replicate'), 3, stride=1)
+        x = x + sharpen.view(-1, 1, 1, 1) * (x - blurred)
+        return torch.maximum(torch.minimum(x, high), low)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise ConfigError("generator = 'ImageTransformGenerator' re-renders real images and cannot decode a "
+                          "latent alone; it is driven by GeneratorAuxiliaryDataset's anchored pool")
+
+    def negative_elbo(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), device=images.device)
+
+
+@torch.no_grad()
+def channel_range(loader, device: torch.device, max_batches: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel minimum and maximum over the first batches of ``loader``."""
+    low, high = None, None
+    for i, (images, _) in enumerate(loader):
+        if i >= max_batches:
+            break
+        images = images.to(device).float()
+        batch_low, batch_high = images.amin(dim=(0, 2, 3)), images.amax(dim=(0, 2, 3))
+        low = batch_low if low is None else torch.minimum(low, batch_low)
+        high = batch_high if high is None else torch.maximum(high, batch_high)
+    return low, high

@@ -15,6 +15,7 @@ without it q_c collapses onto a few prototypes (DESIGN.md, first prototype round
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -87,3 +88,78 @@ def fit_latent(latent: ClassLatentDistribution, generator: ConditionalGenerator,
             p.requires_grad_(True)
     latent.eval()
     return torch.stack(history).tolist() if history else []
+
+
+class TransformProposal(nn.Module):
+    """Per-class proposal distribution over an anchored generator's theta = (flip, angle, sharpen).
+
+    q_c: flip ~ Bernoulli(p_c), angle ~ N(mu_c, s_c^2), sharpen ~ |N(m_c, r_c^2)|. The prior (and the
+    initialisation) is flip ~ Bernoulli(0.5), angle ~ N(0, (pi/6)^2), sharpen ~ |N(0, 1)|. It is fitted by
+    the cross-entropy method (Rubinstein, 1999), which needs teacher forward passes only: draw candidates
+    for the student's images, keep per image the one the teacher finds most probable under the image's
+    own label, refit q_c to the kept ones.
+    """
+
+    def __init__(self, num_classes: int, prior_angle: float = math.pi / 6, prior_sharpen: float = 1.0):
+        super().__init__()
+        self.register_buffer('flip_prob', torch.full((num_classes,), 0.5))
+        self.register_buffer('angle_mean', torch.zeros(num_classes))
+        self.register_buffer('angle_std', torch.full((num_classes,), prior_angle))
+        self.register_buffer('sharpen_mean', torch.zeros(num_classes))
+        self.register_buffer('sharpen_std', torch.full((num_classes,), prior_sharpen))
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n, device = labels.shape[0], labels.device
+        flip = (torch.rand(n, device=device, generator=generator) < self.flip_prob[labels]).float()
+        angle = self.angle_mean[labels] + self.angle_std[labels] * torch.randn(n, device=device, generator=generator)
+        sharpen = (self.sharpen_mean[labels] + self.sharpen_std[labels]
+                   * torch.randn(n, device=device, generator=generator)).abs()
+        return torch.stack([flip, angle, sharpen], dim=1)
+
+    def refit(self, theta: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.7,
+              min_angle_std: float = math.radians(5), min_sharpen_std: float = 0.1) -> None:
+        """Moves q_c toward the elite candidates ``theta`` of class ``labels`` (classes without any keep theirs)."""
+        for c in labels.unique().tolist():
+            elite = theta[labels == c]
+            if elite.shape[0] < 2:
+                continue
+            mix = lambda old, new: smoothing * new + (1 - smoothing) * old  # noqa: E731
+            self.flip_prob[c] = mix(self.flip_prob[c], elite[:, 0].mean()).clamp(0.02, 0.98)
+            self.angle_mean[c] = mix(self.angle_mean[c], elite[:, 1].mean())
+            self.angle_std[c] = mix(self.angle_std[c], elite[:, 1].std()).clamp_min(min_angle_std)
+            self.sharpen_mean[c] = mix(self.sharpen_mean[c], elite[:, 2].mean())
+            self.sharpen_std[c] = mix(self.sharpen_std[c], elite[:, 2].std()).clamp_min(min_sharpen_std)
+
+
+@torch.no_grad()
+def best_of_candidates(generator, proposal: TransformProposal, teacher: nn.Module, images: torch.Tensor,
+                       labels: torch.Tensor, candidates: int, rng: torch.Generator | None = None,
+                       choice: str = 'best', threshold: float = 0.5
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each image, ``candidates`` draws of theta (the first is the identity), scored by p_T(label | G(x, theta)).
+
+    Args:
+        choice: ``best`` keeps the candidate the teacher finds most probable; ``passing`` keeps a random
+            one among those scoring >= ``threshold``, preferring re-rendered ones over the identity, so that
+            in-domain data gains variety instead of collapsing onto copies of itself (the prototypes'
+            lesson: the top of the confidence scale is a few prototypes).
+
+    Returns:
+        (chosen rendered images, their theta, the teacher's probability of the label on them).
+    """
+    n = images.shape[0]
+    thetas = torch.stack([proposal.sample(labels, rng) for _ in range(candidates)], dim=1)  # (n, K, 3)
+    thetas[:, 0] = 0.0  # keep the image as it is when that already suits the teacher
+    rendered = generator.render(images.repeat_interleave(candidates, 0), thetas.flatten(0, 1))
+    probs = F.softmax(teacher(rendered).float(), dim=1)
+    confidence = probs.gather(1, labels.repeat_interleave(candidates)[:, None]).view(n, candidates)
+    if choice == 'best':
+        best = confidence.argmax(dim=1)
+    else:
+        passing = confidence >= threshold
+        passing[:, 0] &= ~passing[:, 1:].any(dim=1)  # the identity only when nothing else passes
+        scores = torch.rand(confidence.shape, device=confidence.device, generator=rng) + passing.float() * 2
+        best = scores.argmax(dim=1)
+        best = torch.where(passing.any(dim=1), best, confidence.argmax(dim=1))
+    pick = torch.arange(n, device=images.device) * candidates + best
+    return rendered[pick], thetas.flatten(0, 1)[pick], confidence.flatten()[pick]

@@ -23,6 +23,12 @@ KNOBS = (
     Knob('teacher_module_io', str, 'output', choices=('input', 'output'), doc='input or output of that module'),
     Knob('temperature', float, 4.0, low=0, low_open=True, doc='T: softens both distributions; the KL term is scaled by T^2'),
     Knob('kappa', float, 1.0, low=0, doc='sharpness of the reliability weight w = p_T(y|x)^kappa; 0 gives Hinton KD'),
+    Knob('weighting', str, 'class_agreement', choices=('class_agreement', 'agreement', 'probability'),
+         doc='class_agreement: w = 1 where the teacher\'s top class is the label, else a_y^kappa, a_y = the '
+             'teacher\'s running agreement rate on class y of this data; agreement: else p_T(y|x)^kappa; '
+             'probability: w = p_T(y|x)^kappa everywhere (docs/method.md compares them)'),
+    Knob('agreement_momentum', float, 0.95, low=0, high=1, high_open=True,
+         doc='momentum of the running per-class agreement rate (class_agreement)'),
     Knob('min_weight', float, 0.0, low=0, high=1, doc='floor on w, so the teacher is never ignored entirely'),
     Knob('reduction', str, 'mean', choices=('mean', 'sum', 'none'), doc='how per-sample losses are combined'),
 )
@@ -34,7 +40,8 @@ class MismatchKDLoss(nn.Module):
 
     .. math::
 
-        w_i = \\max\\left(m, p_T(y_i \\mid x_i)^{\\kappa}\\right), \\qquad
+        w_i = \\begin{cases} 1 & \\text{agreement and } \\arg\\max_k p_T(k \\mid x_i) = y_i \\\\
+              \\max\\left(m, p_T(y_i \\mid x_i)^{\\kappa}\\right) & \\text{otherwise} \\end{cases}, \\qquad
         L_i = w_i \\, T^2 \\, \\mathrm{KL}\\left(p_T^{T}(x_i) \\,\\|\\, p_S^{T}(x_i)\\right)
               + (1 - w_i)\\, \\mathrm{CE}(s_i, y_i)
 
@@ -44,7 +51,9 @@ class MismatchKDLoss(nn.Module):
 
     Where the teacher agrees with the label the student learns the teacher's dark knowledge; where the
     teacher is wrong (the image lies outside what it knows, DESIGN.md S2) the label takes over instead of
-    being dropped. With ``kappa = 0`` (or w = 1) this is Hinton et al.'s KD with the T^2 factor, always
+    being dropped, in proportion to how little the teacher believes it. With ``weighting: 'probability'``
+    the weight is p_T(y|x)^kappa everywhere (the first reconstruction; it lost 1.4 points under label
+    shift, docs/method.md). With ``kappa = 0`` (or w = 1) this is Hinton et al.'s KD with the T^2 factor, always
     kept (torchdistill's ``KDLoss`` drops T^2 at ``alpha = 0``). Reference: Nguyen, Gupta, Tran, Venkatesh,
     "Knowledge Distillation with Distribution Mismatch", ECML PKDD 2021, LNCS 12976, pp. 250-265.
 
@@ -74,6 +83,22 @@ class MismatchKDLoss(nn.Module):
         self.kappa = self.config['kappa']
         self.min_weight = self.config['min_weight']
         self.reduction = self.config['reduction']
+        # The teacher's running agreement rate with the labels, per class, on the data it is shown;
+        # starts at 1 (trust the teacher until the data says otherwise). Sized on first use.
+        self.register_buffer('class_agreement', torch.ones(0), persistent=False)
+
+    @torch.no_grad()
+    def _update_agreement(self, agrees: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+        if self.class_agreement.numel() != num_classes:
+            self.class_agreement = torch.ones(num_classes, device=targets.device)
+        counts = torch.bincount(targets, minlength=num_classes).float()
+        hits = torch.bincount(targets, weights=agrees.float(), minlength=num_classes)
+        seen = counts > 0
+        momentum = self.config['agreement_momentum']
+        batch_rate = hits / counts.clamp_min(1)
+        self.class_agreement = torch.where(seen, momentum * self.class_agreement + (1 - momentum) * batch_rate,
+                                           self.class_agreement)
+        return self.class_agreement
 
     def per_sample(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                    targets: torch.Tensor) -> torch.Tensor:
@@ -83,9 +108,22 @@ class MismatchKDLoss(nn.Module):
         teacher_soft = F.softmax(teacher_logits / t, dim=1)
         kl = (teacher_soft * (F.log_softmax(teacher_logits / t, dim=1)
                               - F.log_softmax(student_logits / t, dim=1))).sum(dim=1) * t * t
-        reliability = F.softmax(teacher_logits, dim=1).gather(1, targets[:, None]).squeeze(1)
-        weight = (reliability ** self.kappa).clamp(min=self.min_weight, max=1.0)
-        ce = F.cross_entropy(student_logits, targets, reduction='none')
+        # Items without a hard label (UNLABELLED = -1: mixes served by GeneratorAuxiliaryDataset) get pure KD.
+        labelled = targets >= 0
+        safe_targets = targets.clamp_min(0)
+        reliability = F.softmax(teacher_logits, dim=1).gather(1, safe_targets[:, None]).squeeze(1)
+        agrees = (teacher_logits.argmax(dim=1) == targets) | ~labelled
+        if self.config['weighting'] == 'class_agreement':
+            rate = self._update_agreement(agrees[labelled], targets[labelled], teacher_logits.shape[1])[safe_targets]
+            weight = torch.where(agrees, torch.ones_like(rate), (rate ** self.kappa).clamp(min=self.min_weight))
+        else:
+            weight = (reliability ** self.kappa).clamp(min=self.min_weight, max=1.0)
+            if self.config['weighting'] == 'agreement':
+                # Where the teacher's top class is the label it is reliable: pure KD there, which keeps the
+                # balanced dark knowledge that hard labels of a long-tailed set would bias (DESIGN.md S1).
+                weight = torch.where(agrees, torch.ones_like(weight), weight)
+        weight = torch.where(labelled, weight, torch.ones_like(weight))
+        ce = F.cross_entropy(student_logits, safe_targets, reduction='none') * labelled
         return weight * kl + (1 - weight) * ce
 
     def forward(self, student_io_dict: dict, teacher_io_dict: dict, targets: torch.Tensor | None = None,
