@@ -32,7 +32,8 @@ def _pass_rate(dataset, teacher, learned: bool, threshold: float = 0.5, n: int =
 
 def test_fitting_lowers_the_negative_elbo_and_the_learned_latent_raises_the_pass_rate(digits_teacher):
     real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
-    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, generator='ConvCVAE', latent_dim=8, base_channels=16, fit_steps=300,
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, generator='ConvCVAE', latent_dim=8, base_channels=16,
+                                        fit_steps=300,
                                         latent_steps=100, kl_weight=0.05)
     dataset._build()
     dataset.generator_model.set_data_stats(real.images.mean(dim=(0, 2, 3)), real.images.std(dim=(0, 2, 3)))
@@ -50,8 +51,9 @@ def test_fitting_lowers_the_negative_elbo_and_the_learned_latent_raises_the_pass
 
 def test_pool_holds_only_images_the_teacher_accepts(digits_teacher):
     real = mismatch_dataset('digits', 'student', 'none', seed=0, image_size=16)
-    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, generator='ConvCVAE', latent_dim=8, base_channels=16, fit_steps=60,
-                                        latent_steps=20, pool_size=300, confidence_threshold=0.6)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, generator='ConvCVAE', latent_dim=8, base_channels=16,
+                                        fit_steps=60, latent_steps=20, pool_size=300, confidence_threshold=0.6,
+                                        mixup_alpha=0.0)
     dataset.fit(digits_teacher, 'cpu')
     dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
     assert 0 < len(dataset.pool_labels) <= 300

@@ -1,0 +1,139 @@
+"""Throughput of the method's training step against KDLoss's, with a timm teacher, on tensors made here.
+
+Issue 6's measurement: images per second of a training step of torchdistill's DistillationBox with
+KDLoss and with the method (GeneratorAuxiliaryDataset + TeacherConfidenceBatchSampler +
+MismatchKDLoss), at the same real batch, at CIFAR size (32x32) and ImageNet size (224x224); the fitting
+stages' wall time; peak memory. No download: the images are random tensors, the timm models are built
+with random weights (throughput does not depend on them).
+
+    python benchmarks/throughput.py --device cuda --sizes 32 224 --batch 128 --steps 30
+    python benchmarks/throughput.py --device cpu --sizes 32 --batch 16 --steps 5   # what CPU affords
+
+Writes benchmarks/results/throughput/<device>.json and .md (device named in both).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import RandomSampler
+
+from torchdistill_mismatch.data import TensorImageDataset
+from torchdistill_mismatch.runner import build_box, load_model
+
+TEACHERS = {32: 'resnet18', 224: 'resnet18'}
+STUDENTS = {32: 'resnet10t', 224: 'resnet10t'}
+
+
+def _loader(batch: int, method: bool, generator: str) -> dict:
+    config = {'dataset_id': 'train', 'sampler': {'class_or_func': RandomSampler, 'kwargs': {}},
+              'kwargs': {'batch_size': batch, 'num_workers': 0}}
+    if method:
+        config['dataset_wrapper'] = {'key': 'GeneratorAuxiliaryDataset', 'kwargs': {
+            'num_classes': 10, 'generator': generator, 'pool_size': 4 * batch, 'refresh_every': 1,
+            'confidence_threshold': 0.0, 'fit_steps': 50, 'latent_steps': 20, 'generation_batch_size': 64}}
+        config['batch_sampler'] = {'key': 'TeacherConfidenceBatchSampler', 'kwargs': {'batch_size': batch, 'ratio': 0.5}}
+        config['kwargs'] = {'num_workers': 0}
+    return config
+
+
+def _config(size: int, batch: int, steps: int, method: bool, generator: str) -> dict:
+    images = torch.randn(batch * steps, 3, size, size)
+    labels = torch.randint(10, (batch * steps,))
+    loss = {'key': 'MismatchKDLoss', 'kwargs': {'temperature': 4.0}} if method else {
+        'key': 'KDLoss', 'kwargs': {'student_module_path': '.', 'student_module_io': 'output', 'teacher_module_path': '.',
+                                    'teacher_module_io': 'output', 'temperature': 4.0, 'alpha': 0.5}}
+    train = {'num_epochs': 1, 'train_data_loader': _loader(batch, method, generator),
+             'teacher': {'forward_proc': 'forward_batch_only', 'requires_grad': False},
+             'student': {'forward_proc': 'forward_batch_only', 'requires_grad': True},
+             'optimizer': {'key': 'SGD', 'kwargs': {'lr': 0.01, 'momentum': 0.9}},
+             'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {'term': {'criterion': loss, 'weight': 1.0}}}}}
+    if method:
+        train['pre_epoch_process'] = 'mismatch_pre_epoch_process'
+    models = {'teacher_model': {'key': 'timm_model', 'kwargs': {'model_name': TEACHERS[size], 'num_classes': 10}},
+              'student_model': {'key': 'timm_model', 'kwargs': {'model_name': STUDENTS[size], 'num_classes': 10}}}
+    return {'datasets': {'train': TensorImageDataset(images, labels, [str(c) for c in range(10)])}, 'models': models,
+            'train': train}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(size: int, batch: int, steps: int, method: bool, generator: str, device: torch.device) -> dict:
+    """Images per second over the steps after the first (warm-up) of one epoch."""
+    config = _config(size, batch, steps, method, generator)
+    teacher = load_model(config['models']['teacher_model'], device, 'models.teacher_model').eval()
+    student = load_model(config['models']['student_model'], device, 'models.student_model')
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    box = build_box(config, teacher, student, device, distributed=False)
+    start = time.perf_counter()
+    box.pre_epoch_process(epoch=0)
+    prepare_s = time.perf_counter() - start
+    real, total, timed_s = 0, 0, 0.0
+    for step, (images, targets, supp) in enumerate(box.train_data_loader):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        tick = time.perf_counter()
+        loss = box.forward_process(images, targets, supp)
+        box.post_forward_process(loss=loss)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        if step > 0:
+            timed_s += time.perf_counter() - tick
+            total += images.shape[0]
+            real += int((~supp['is_generated']).sum()) if method else images.shape[0]
+    from torchdistill_mismatch.dataset import find_auxiliary_dataset
+    dataset = find_auxiliary_dataset(box.train_data_loader.dataset)
+    box.clean_modules()
+    return {'size': size, 'batch': batch, 'method': 'method' if method else 'KDLoss', 'generator': generator if method else '',
+            'real_img_per_s': real / timed_s, 'total_img_per_s': total / timed_s, 'prepare_s': prepare_s,
+            'stages_s': dict(dataset.timings) if dataset else {}, 'peak_memory_mb': _peak_memory_mb(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[32, 224])
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--steps', type=int, default=30)
+    parser.add_argument('--generators', nargs='+', default=['ImageTransformGenerator', 'ConvCVAE'])
+    parser.add_argument('--output', default='benchmarks/results/throughput')
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    rows = []
+    for size in args.sizes:
+        rows.append(measure(size, args.batch, args.steps, False, '', device))
+        for generator in args.generators:
+            rows.append(measure(size, args.batch, args.steps, True, generator, device))
+            baseline = next(r for r in rows if r['size'] == size and r['method'] == 'KDLoss')
+            rows[-1]['ratio_vs_kd'] = rows[-1]['real_img_per_s'] / baseline['real_img_per_s']
+            print(json.dumps(rows[-1]), flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {'device': name, 'torch': str(torch.__version__), 'command': ' '.join(['python', 'benchmarks/throughput.py'] + [
+        f'--device {args.device}', '--sizes ' + ' '.join(map(str, args.sizes)), f'--batch {args.batch}', f'--steps {args.steps}'])}
+    (out / f'{device.type}.json').write_text(json.dumps({**header, 'rows': rows}, indent=1))
+    lines = [f'# Training-step throughput on {name}', '', f'Command: `{header["command"]}` (torch {header["torch"]})', '',
+             '| size | method | generator | real img/s | total img/s | vs KDLoss (real img/s) | fit+pool s | peak MB |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['method']} | {r['generator']} | {r['real_img_per_s']:.1f} | {r['total_img_per_s']:.1f} | "
+                     f"{r.get('ratio_vs_kd', 1.0):.2f}x | {sum(r['stages_s'].values()):.2f} | {r['peak_memory_mb']:.0f} |")
+    (out / f'{device.type}.md').write_text('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()
