@@ -69,3 +69,15 @@ def test_table_reports_mean_and_std_per_group():
     table = format_table(rows, groups)
     assert '| student alone |  55.0 ± 7.1 |  65.0 ± 7.1 |  45.0 ± 7.1 | 2.0 |' in table
     assert '| teacher (half A, balanced) |  90.0 |  95.0 |  85.0 | 1.0 |' in table
+
+
+def test_the_same_recipe_and_seed_give_the_same_figures_twice(tmp_path, capsys, one_thread):
+    """Determinism on CPU (issue 7): two demo runs from scratch, same seed, same accuracies per class."""
+    figures = []
+    for name in ('first', 'second'):
+        assert main(['demo', '-quick', '--seeds', '3', '--output', str(tmp_path / name)]) == 0
+        results = json.loads((tmp_path / name / 'results.json').read_text())
+        figures.append([(run['recipe'], run.get('test_acc'), run.get('per_class_acc')) for run in results['runs']])
+    capsys.readouterr()
+    assert figures[0] == figures[1]
+    assert all(acc is not None for _, acc, _ in figures[0])
