@@ -13,6 +13,15 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 CONFIG_DIR = Path(__file__).parent / 'configs'
 
 
+@pytest.fixture
+def single_torch_thread():
+    """One torch thread: the networks are tiny, and two threads on a shared 2-core machine spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope='session')
 def digits_teacher_ckpt(tmp_path_factory) -> str:
     """Path of a LeNet5 teacher trained on half A of digits (clean, balanced): about 98% test accuracy."""

@@ -27,13 +27,7 @@ SMALL_BUDGET = {'num_epochs: 40': 'num_epochs: 2', 'T_max: 40': 'T_max: 2', 'fit
                 'latent_steps: 100': 'latent_steps: 10', 'pool_size: 1000': 'pool_size: 200'}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the networks are tiny, and two threads on a shared 2-core machine spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 
 def write_recipe(folder: Path, name: str, extra: dict[str, str] | None = None, filename: str | None = None) -> Path:

@@ -36,13 +36,7 @@ METHOD_ENTRIES = (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the networks are tiny, and two threads on a shared 2-core machine spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
 
 class FakeCIFAR(Dataset):
