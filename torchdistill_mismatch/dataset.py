@@ -191,7 +191,7 @@ class GeneratorAuxiliaryDataset(Dataset):
         if float(torch.rand((), generator=rng)) >= self.config['mixup_fraction']:
             return None
         alpha = self.config['mixup_alpha']
-        # Beta(a, a) from two Gammas, drawn with ``rng`` (torch's Beta takes no generator).
+        # Beta(a, a) from two uniforms drawn with ``rng`` (torch's Beta takes no generator): see _beta_from_uniforms.
         u = torch.rand(2, generator=rng).clamp(1e-6, 1 - 1e-6)
         lam = float(_beta_from_uniforms(u, alpha))
         partner = int(torch.randint(self.pool_offset, (), generator=rng))
@@ -270,7 +270,7 @@ class GeneratorAuxiliaryDataset(Dataset):
                     confidences.append(confidence)
                 theta, confidence = torch.cat(thetas), torch.cat(confidences)
                 rates.append(float((confidence >= self.config['confidence_threshold']).float().mean()))
-                # Elites: the best candidate of each image the teacher then accepts.
+                # Elites: the chosen candidate (candidate_choice) of each image that the teacher accepts.
                 elite = confidence >= self.config['confidence_threshold']
                 self.latent.refit(theta[elite], labels[elite])
                 bar.update(1)
