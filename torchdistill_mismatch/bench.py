@@ -1487,7 +1487,7 @@ def _provenance_section(suite_dir: Path, spec: SuiteSpec, rows: Sequence[Mapping
     for entry in entries:
         count = sum(1 for r in rows if r.get('invocation') == entry['invocation'])
         lines += [f'- {entry["started"]} ({count} rows), in `{entry["cwd"]}`:', '',
-                  f'  ```', f'  {entry["command"]}', '  ```', '',
+                  '  ```', f'  {entry["command"]}', '  ```', '',
                   f'  device: {entry["device"]}; versions: '
                   + ', '.join(f'{k} {v}' for k, v in entry['versions'].items()), '']
     quick = ' --quick' if spec.quick else ''
