@@ -9,7 +9,9 @@ with random weights (throughput does not depend on them).
     python benchmarks/throughput.py --device cuda --sizes 32 224 --batch 128 --steps 30
     python benchmarks/throughput.py --device cpu --sizes 32 --batch 16 --steps 5   # what CPU affords
 
-Writes benchmarks/results/throughput/<device>.json and .md (device named in both).
+    python benchmarks/throughput.py --device cuda --amp bf16                      # under torch.autocast
+
+Writes benchmarks/results/throughput/<device>[_bf16].json and .md (device named in both).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import RandomSampler
 
 from torchdistill_mismatch.data import TensorImageDataset
-from torchdistill_mismatch.runner import build_box, load_model
+from torchdistill_mismatch.runner import autocast_context, build_box, check_amp, load_model
 
 TEACHERS = {32: 'resnet18', 224: 'resnet18'}
 STUDENTS = {32: 'resnet10t', 224: 'resnet10t'}
@@ -67,7 +69,8 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(size: int, batch: int, steps: int, method: bool, generator: str, device: torch.device) -> dict:
+def measure(size: int, batch: int, steps: int, method: bool, generator: str, device: torch.device,
+            amp: str | None = None) -> dict:
     """Images per second over the steps after the first (warm-up) of one epoch."""
     config = _config(size, batch, steps, method, generator)
     teacher = load_model(config['models']['teacher_model'], device, 'models.teacher_model').eval()
@@ -76,7 +79,8 @@ def measure(size: int, batch: int, steps: int, method: bool, generator: str, dev
         torch.cuda.reset_peak_memory_stats(device)
     box = build_box(config, teacher, student, device, distributed=False)
     start = time.perf_counter()
-    box.pre_epoch_process(epoch=0)
+    with autocast_context(device, amp):  # as the runner does with --amp
+        box.pre_epoch_process(epoch=0)
     prepare_s = time.perf_counter() - start
     real, total, timed_s = 0, 0, 0.0
     for step, (images, targets, supp) in enumerate(box.train_data_loader):
@@ -84,7 +88,8 @@ def measure(size: int, batch: int, steps: int, method: bool, generator: str, dev
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
         tick = time.perf_counter()
-        loss = box.forward_process(images, targets, supp)
+        with autocast_context(device, amp):
+            loss = box.forward_process(images, targets, supp)
         box.post_forward_process(loss=loss)
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
@@ -95,7 +100,8 @@ def measure(size: int, batch: int, steps: int, method: bool, generator: str, dev
     from torchdistill_mismatch.dataset import find_auxiliary_dataset
     dataset = find_auxiliary_dataset(box.train_data_loader.dataset)
     box.clean_modules()
-    return {'size': size, 'batch': batch, 'method': 'method' if method else 'KDLoss', 'generator': generator if method else '',
+    return {'size': size, 'batch': batch, 'amp': amp or 'fp32', 'method': 'method' if method else 'KDLoss',
+            'generator': generator if method else '',
             'real_img_per_s': real / timed_s, 'total_img_per_s': total / timed_s, 'prepare_s': prepare_s,
             'stages_s': dict(dataset.timings) if dataset else {}, 'peak_memory_mb': _peak_memory_mb(device)}
 
@@ -107,15 +113,17 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--steps', type=int, default=30)
     parser.add_argument('--generators', nargs='+', default=['ImageTransformGenerator', 'ConvCVAE'])
+    parser.add_argument('--amp', default=None, metavar='bf16', help='run the steps under torch.autocast (bf16)')
     parser.add_argument('--output', default='benchmarks/results/throughput')
     args = parser.parse_args()
+    check_amp(args.amp)
     device = torch.device(args.device)
     torch.manual_seed(0)
     rows = []
     for size in args.sizes:
-        rows.append(measure(size, args.batch, args.steps, False, '', device))
+        rows.append(measure(size, args.batch, args.steps, False, '', device, args.amp))
         for generator in args.generators:
-            rows.append(measure(size, args.batch, args.steps, True, generator, device))
+            rows.append(measure(size, args.batch, args.steps, True, generator, device, args.amp))
             baseline = next(r for r in rows if r['size'] == size and r['method'] == 'KDLoss')
             rows[-1]['ratio_vs_kd'] = rows[-1]['real_img_per_s'] / baseline['real_img_per_s']
             print(json.dumps(rows[-1]), flush=True)
@@ -123,15 +131,16 @@ def main() -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     header = {'device': name, 'torch': str(torch.__version__), 'command': ' '.join(['python', 'benchmarks/throughput.py'] + [
-        f'--device {args.device}', '--sizes ' + ' '.join(map(str, args.sizes)), f'--batch {args.batch}', f'--steps {args.steps}'])}
-    (out / f'{device.type}.json').write_text(json.dumps({**header, 'rows': rows}, indent=1))
+        f'--device {args.device}', '--sizes ' + ' '.join(map(str, args.sizes)), f'--batch {args.batch}', f'--steps {args.steps}'] + ([f'--amp {args.amp}'] if args.amp else []))}
+    stem = device.type + (f'_{args.amp}' if args.amp else '')
+    (out / f'{stem}.json').write_text(json.dumps({**header, 'rows': rows}, indent=1))
     lines = [f'# Training-step throughput on {name}', '', f'Command: `{header["command"]}` (torch {header["torch"]})', '',
              '| size | method | generator | real img/s | total img/s | vs KDLoss (real img/s) | fit+pool s | peak MB |',
              '|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['size']} | {r['method']} | {r['generator']} | {r['real_img_per_s']:.1f} | {r['total_img_per_s']:.1f} | "
                      f"{r.get('ratio_vs_kd', 1.0):.2f}x | {sum(r['stages_s'].values()):.2f} | {r['peak_memory_mb']:.0f} |")
-    (out / f'{device.type}.md').write_text('\n'.join(lines) + '\n')
+    (out / f'{stem}.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 
 

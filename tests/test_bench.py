@@ -1,5 +1,5 @@
 """The benchmark harness: suite parsing, recipe rendering and protocol checks, hashing, and the --quick
-suite end to end (teacher cached, 40 runs, results.csv, summary.md, plots, resume, superseded rows).
+suite end to end (teacher cached, 52 runs, results.csv, summary.md, plots, resume, superseded rows).
 
 The end-to-end test runs the shipped suite's --quick mode on one thread (the fastest setting on a busy
 2-core machine); it takes about a minute there.
@@ -22,7 +22,7 @@ from torchdistill_mismatch.knobs import ConfigError
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist_available(),
                                          reason='Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)')
 
-QUICK_METHODS = 10
+QUICK_METHODS = 13  # bench.yaml's methods
 QUICK_SCENARIOS = 4
 
 
@@ -43,7 +43,8 @@ def test_shipped_suite_has_the_protocols_scenarios_methods_and_families(spec):
     assert families['student'] == 'baseline' and families['kd_mixup'] == 'baseline'
     assert {families[m] for m in ('kd_a05', 'kd_a0', 'dist', 'logit_std_kd')} == {'builtin'}
     assert [m for m, f in families.items() if f == 'method'] == ['method']
-    assert {m for m, f in families.items() if f == 'ablation'} == {'abl_pool_kd', 'abl_loss_only', 'abl_no_latent'}
+    assert {m for m, f in families.items() if f == 'ablation'} == {
+        'abl_pool_kd', 'abl_pool_dist', 'abl_kl_loss', 'abl_fast', 'abl_loss_only', 'abl_no_latent'}
     assert len(spec.seeds) >= 3
 
 
@@ -78,7 +79,7 @@ def test_scenario_seed_and_component_defaults_are_written_into_the_recipe(spec):
     loader = tree['train']['train_data_loader']
     assert loader['dataset_wrapper']['kwargs']['seed'] == 4
     assert loader['batch_sampler']['kwargs']['seed'] == 4
-    assert loader['dataset_wrapper']['kwargs']['refresh_every'] == 34
+    assert loader['dataset_wrapper']['kwargs']['refresh_every'] == 20
     assert tree['train']['scheduler']['kwargs']['T_max'] == 200
     # The teacher is a token until the run starts, so the hash does not depend on where the cache is.
     assert tree['models']['teacher_model']['src_ckpt'] == '<teacher:teacherkey>'

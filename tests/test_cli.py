@@ -123,6 +123,8 @@ def test_bad_input_is_one_line_naming_the_key(case, workdir, capsys):
     (['--world_size', '2'], '--world_size 2: start the processes with torchrun'),
     (['--start_epoch', '-1'], '--start_epoch -1'),
     (['--device', 'tpu:x'], "--device 'tpu:x'"),
+    (['--amp', 'fp16'], '--amp fp16: needs a GradScaler'),
+    (['--amp', 'fp8'], "--amp 'fp8': not a mode; use --amp bf16"),
 ])
 def test_bad_flag_is_one_line_naming_the_flag(args, expected, workdir, capsys):
     path = write_recipe(workdir, 'kd')

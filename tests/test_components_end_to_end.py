@@ -46,3 +46,37 @@ def test_two_processes_with_gloo_fit_once_share_the_pool_and_agree(digits_teache
     assert not real[0] & real[1] and not generated[0] & generated[1], 'ranks must draw disjoint indices'
     assert ranks[0]['test_acc'] == ranks[1]['test_acc'] > 20.0
     assert torch.load(tmp_path / 'artifact.pt', weights_only=True)['metadata']['fingerprints']
+
+
+def test_bf16_autocast_runs_the_forward_passes_and_the_pool_in_mixed_precision(digits_teacher_ckpt):
+    # CPU autocast is the same torch.autocast the CUDA path uses; a hook sees which dtype the student
+    # computes in, and the pool must come back to the loader as fp32 (collated with real images).
+    set_seed(0)
+    config = load_method_config(digits_teacher_ckpt)
+    config['train']['num_epochs'] = 1
+    seen, boxes = set(), []
+
+    def record(box):
+        boxes.append(box)
+
+    def hook(module, _inputs, output):
+        if module.training:  # evaluation stays in fp32 by design
+            seen.add(output.dtype)
+
+    from torchdistill_mismatch import runner
+    original = runner.build_box
+
+    def build_box_with_hook(*args, **kwargs):
+        box = original(*args, **kwargs)
+        box.student_model.register_forward_hook(hook)
+        return box
+
+    runner.build_box = build_box_with_hook
+    try:
+        result = train_and_evaluate(config, 'cpu', on_epoch_end=record, amp='bf16')
+    finally:
+        runner.build_box = original
+    assert seen == {torch.bfloat16}, seen
+    assert result.test_acc > 20.0 and torch.isfinite(torch.tensor(result.history['train_loss'])).all()
+    dataset = find_auxiliary_dataset(boxes[-1].train_data_loader.dataset)
+    assert dataset.pool_images.dtype == torch.float32 and len(dataset.pool_labels) > 0

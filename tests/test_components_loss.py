@@ -1,4 +1,4 @@
-"""MismatchKDLoss against a hand computation, Hinton KD where the weight is 1, and finite gradients."""
+"""MismatchKDLoss against hand computations, Hinton KD / DIST + CE where the weight is 1, finite gradients."""
 from __future__ import annotations
 
 import math
@@ -33,7 +33,7 @@ def test_matches_a_hand_computation(weighting):
         w = 1.0 if weighting == 'agreement' and agrees else _softmax(te)[y] ** kappa
         ce = -math.log(_softmax(s)[y])
         expected.append(w * kl + (1 - w) * ce)
-    loss = MismatchKDLoss(temperature=t, kappa=kappa, weighting=weighting)
+    loss = MismatchKDLoss(divergence='kl', label_weight=0.0, temperature=t, kappa=kappa, weighting=weighting)
     got = loss(_io(torch.tensor(student)), _io(torch.tensor(teacher)), torch.tensor(labels))
     assert got.item() == pytest.approx(sum(expected) / 2, rel=1e-5)
 
@@ -47,7 +47,8 @@ def test_equals_hinton_kd_with_t_squared_where_the_weight_is_one():
         'teacher_module_io': 'output', 'temperature': 4.0, 'alpha': 0.0}})
     # torchdistill's KDLoss returns the bare KL at alpha = 0 (no T^2); ours keeps T^2 by design.
     hinton = 16.0 * kd(_io(student), _io(teacher), labels)
-    for weight_one in (MismatchKDLoss(temperature=4.0, kappa=0.0), MismatchKDLoss(temperature=4.0, min_weight=1.0)):
+    kl_form = {'divergence': 'kl', 'label_weight': 0.0, 'temperature': 4.0}
+    for weight_one in (MismatchKDLoss(kappa=0.0, **kl_form), MismatchKDLoss(min_weight=1.0, **kl_form)):
         assert weight_one(_io(student), _io(teacher), labels).item() == pytest.approx(hinton.item(), rel=1e-5)
 
 
@@ -56,14 +57,16 @@ def test_leans_on_the_label_where_the_teacher_is_wrong():
     teacher_wrong = torch.tensor([[-8.0, 8.0, 0.0]])
     student_follows_label = torch.tensor([[8.0, -8.0, 0.0]])
     student_follows_teacher = torch.tensor([[-8.0, 8.0, 0.0]])
-    loss = MismatchKDLoss(temperature=4.0, kappa=1.0, weighting='agreement')
+    loss = MismatchKDLoss(temperature=4.0, kappa=1.0, weighting='agreement', divergence='kl')
     follows_label = loss(_io(student_follows_label), _io(teacher_wrong), labels)
     follows_teacher = loss(_io(student_follows_teacher), _io(teacher_wrong), labels)
     assert follows_label < follows_teacher
 
 
-def test_class_agreement_learns_which_classes_the_teacher_gets_wrong_on_this_data():
-    loss = MismatchKDLoss(temperature=4.0, kappa=1.0, agreement_momentum=0.5)
+@pytest.mark.parametrize('divergence', ['kl', 'correlation'])
+def test_class_agreement_learns_which_classes_the_teacher_gets_wrong_on_this_data(divergence):
+    loss = MismatchKDLoss(temperature=4.0, kappa=1.0, agreement_momentum=0.5, divergence=divergence, label_weight=0.0,
+                          gamma=0.0)
     labels = torch.tensor([0, 0, 1, 1])
     # The teacher says class 1 for everything: right on class 1, wrong on every class-0 image.
     teacher = torch.tensor([[-5.0, 5.0]] * 4)
@@ -71,24 +74,99 @@ def test_class_agreement_learns_which_classes_the_teacher_gets_wrong_on_this_dat
         loss(_io(torch.zeros(4, 2)), _io(teacher), labels)
     assert loss.class_agreement[0] < 0.01 and loss.class_agreement[1] == pytest.approx(1.0)
     per_sample = loss.per_sample(torch.tensor([[5.0, -5.0]] * 4), teacher, labels)
-    # Class 0: the label rules (student agreeing with it pays ~nothing); class 1: pure KD.
+    # Class 0: the label rules (student agreeing with it pays ~nothing); class 1: the teacher term alone.
     assert per_sample[:2].max() < 0.1 < per_sample[2:].min()
 
 
-def test_gradients_are_finite_even_for_extreme_logits():
+@pytest.mark.parametrize('divergence', ['kl', 'correlation'])
+def test_gradients_are_finite_even_for_extreme_logits(divergence):
     student = (torch.randn(8, 10) * 80).requires_grad_()
     teacher = torch.randn(8, 10) * 80
-    loss = MismatchKDLoss(temperature=1.0, kappa=2.0)(_io(student), _io(teacher), torch.randint(10, (8,)))
+    loss = MismatchKDLoss(temperature=1.0, kappa=2.0, divergence=divergence)(
+        _io(student), _io(teacher), torch.randint(10, (8,)))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
     assert student.grad.abs().sum() > 0
 
 
-def test_unlabelled_items_get_pure_kd():
+@pytest.mark.parametrize('divergence', ['kl', 'correlation'])
+def test_unlabelled_items_get_the_teacher_term_alone(divergence):
     torch.manual_seed(1)
     student, teacher = torch.randn(6, 5), torch.randn(6, 5)
     unlabelled = torch.full((6,), -1)
-    pure_kd = MismatchKDLoss(temperature=3.0, kappa=0.0)(_io(student), _io(teacher), torch.randint(5, (6,)))
+    teacher_only = MismatchKDLoss(temperature=3.0, kappa=0.0, label_weight=0.0, divergence=divergence)(
+        _io(student), _io(teacher), torch.randint(5, (6,)))
     for weighting in ('class_agreement', 'agreement', 'probability'):
-        loss = MismatchKDLoss(temperature=3.0, weighting=weighting)(_io(student), _io(teacher), unlabelled)
-        assert loss.item() == pytest.approx(pure_kd.item(), rel=1e-5)
+        loss = MismatchKDLoss(temperature=3.0, weighting=weighting, divergence=divergence)(
+            _io(student), _io(teacher), unlabelled)
+        assert loss.item() == pytest.approx(teacher_only.item(), rel=1e-5)
+
+
+def _dist_plus_ce(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, **dist_kwargs) -> float:
+    dist = get_mid_level_loss({'key': 'DISTLoss', 'kwargs': {
+        'student_module_path': '.', 'student_module_io': 'output', 'teacher_module_path': '.',
+        'teacher_module_io': 'output', **dist_kwargs}})
+    return (dist(_io(student), _io(teacher)) + torch.nn.functional.cross_entropy(student, labels)).item()
+
+
+def test_correlation_form_equals_torchdistills_dist_plus_ce_where_the_weight_is_one():
+    torch.manual_seed(2)
+    student, teacher = torch.randn(32, 10), torch.randn(32, 10) * 2
+    labels = torch.randint(10, (32,))
+    ours = MismatchKDLoss(kappa=0.0, temperature=4.0, beta=2.0, gamma=2.0)(_io(student), _io(teacher), labels)
+    assert ours.item() == pytest.approx(_dist_plus_ce(student, teacher, labels, beta=2.0, gamma=2.0, tau=4.0),
+                                        rel=1e-5)
+
+
+def test_correlation_form_hand_computation_with_weights():
+    # Two items, the second one the teacher gets wrong: w = (1, a) with a = min_weight (fresh class rates
+    # are 1, so pin w with min_weight and kappa large enough that a^kappa underflows below it).
+    student = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0], [0.0, 1.0, 0.0]])
+    teacher = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 2.0, 1.0]])
+    labels = torch.tensor([0, 2, 1])
+    t, beta, gamma, lam = 2.0, 1.5, 0.5, 0.25
+    loss = MismatchKDLoss(temperature=t, beta=beta, gamma=gamma, label_weight=lam, weighting='probability',
+                          kappa=1.0)
+    w = [_softmax(te)[y] for te, y in zip(teacher.tolist(), labels.tolist())]
+    p_s = [_softmax(s, t) for s in student.tolist()]
+    p_t = [_softmax(te, t) for te in teacher.tolist()]
+
+    def pearson(a, b, weights):
+        total = sum(weights)
+        ma = sum(wi * x for wi, x in zip(weights, a)) / total
+        mb = sum(wi * x for wi, x in zip(weights, b)) / total
+        cov = sum(wi * (x - ma) * (y - mb) for wi, x, y in zip(weights, a, b))
+        va = sum(wi * (x - ma) ** 2 for wi, x in zip(weights, a))
+        vb = sum(wi * (y - mb) ** 2 for wi, y in zip(weights, b))
+        return cov / math.sqrt(va * vb)
+
+    inter = [1 - pearson(a, b, [1.0] * 3) for a, b in zip(p_s, p_t)]
+    intra = sum(1 - pearson([r[c] for r in p_s], [r[c] for r in p_t], w) for c in range(3)) / 3
+    ce = [-math.log(_softmax(s)[y]) for s, y in zip(student.tolist(), labels.tolist())]
+    expected = sum(t * t * beta * wi * ii + (lam + 1 - wi) * ci for wi, ii, ci in zip(w, inter, ce)) / 3
+    expected += t * t * gamma * intra
+    got = loss(_io(student), _io(teacher), labels)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_correlation_form_moves_away_from_a_teacher_that_is_wrong_on_a_class():
+    # Under covariate shift the teacher calls every class-0 image class 1. After the running agreement has
+    # seen that, a student that follows the label on class 0 must pay less than one that follows the teacher.
+    torch.manual_seed(4)
+    loss = MismatchKDLoss(temperature=4.0, agreement_momentum=0.5)
+    labels = torch.tensor([0] * 20 + [1] * 20)
+    teacher = torch.randn(40, 3)
+    teacher[:, 1] += 4.0  # class 1 everywhere: wrong on the first 20
+    for _ in range(10):
+        loss(_io(torch.zeros(40, 3)), _io(teacher), labels)
+    follows_label = teacher.clone()
+    follows_label[:20, [0, 1]] = follows_label[:20, [1, 0]]
+    assert loss(_io(follows_label), _io(teacher), labels) < loss(_io(teacher.clone()), _io(teacher), labels)
+
+
+def test_none_reduction_averages_to_the_mean():
+    torch.manual_seed(3)
+    student, teacher, labels = torch.randn(8, 6), torch.randn(8, 6), torch.randint(6, (8,))
+    per_item = MismatchKDLoss(reduction='none')(_io(student), _io(teacher), labels)
+    mean = MismatchKDLoss()(_io(student), _io(teacher), labels)
+    assert per_item.shape == (8,) and per_item.mean().item() == pytest.approx(mean.item(), rel=1e-5)

@@ -260,7 +260,7 @@ class MethodSpec:
     recipe: Path
     overrides: list[tuple[str, Any]] = field(default_factory=list)
     source: str = ''
-    added: bool = False  # from --extra-method or --variants: always run when given
+    added: bool = False  # from --extra-method or --variants: run when given, unless --methods names some added ones
 
 
 @dataclass
@@ -1109,7 +1109,7 @@ def run_suite(suite: str | None = None, *, config: str | Path | None = None, qui
         scenarios: scenario names to run (default all), e.g. ``['S1', 'S3']``.
         methods: method names to run (default all, plus every extra method).
         seeds: seeds to run (default bench.yaml's ``seeds``; giving them turns off the close-call extension).
-        extra_methods: name -> variant file or entry (see :func:`load_suite`); always run when given.
+        extra_methods: name -> variant file or entry (see :func:`load_suite`); run when given (unless ``methods`` names some of them: then exactly ``methods``).
         variants: files of name -> entry mappings; their methods are added to the suite and run.
         device: ``cpu`` or ``cuda``.
         threads: torch CPU threads (default: torch's choice); 1 is fastest on a shared 2-core machine.
@@ -1138,8 +1138,11 @@ def run_suite(suite: str | None = None, *, config: str | Path | None = None, qui
         torch.set_num_threads(int(threads))
     selected_scenarios = _select(scenarios, list(spec.scenarios), 'scenario', '--scenarios')
     selected_methods = _select(methods, list(spec.methods), 'method', '--methods')
-    if methods:
-        selected_methods += [n for n, m in spec.methods.items() if m.added and n not in selected_methods]
+    added = [n for n, m in spec.methods.items() if m.added]
+    if methods and not set(added) & set(selected_methods):
+        # --methods without any added variant named: the variants still run (they were asked for); once
+        # --methods names one of them, it is the exact selection (a variants file may hold many).
+        selected_methods += [n for n in added if n not in selected_methods]
     selected_seeds = list(seeds) if seeds else list(spec.seeds)
     teacher_key = teacher_hash(spec, torch_device.type)
     plan = _plan(spec, selected_scenarios, selected_methods, selected_seeds, teacher_key, torch_device.type)
@@ -1639,7 +1642,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='add a method variant: FILE holds one entry like those under `methods:` '
                              '(e.g. base: method, overrides: {...}); repeatable')
     parser.add_argument('--variants', action='append', default=[], metavar='FILE',
-                        help='a YAML file of NAME: entry variants to add; repeatable')
+                        help='a YAML file of NAME: entry variants to add; repeatable (all of them run, unless '
+                             '--methods names some of them: then exactly --methods runs)')
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (1 is fastest on a busy 2-core machine)')

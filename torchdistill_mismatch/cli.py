@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--world_size', type=int, default=1,
                        help='number of processes; start them with torchrun --nproc_per_node N')
     train.add_argument('--dist_url', default='env://', help='init_method of the process group')
+    train.add_argument('--amp', default=None, metavar='bf16',
+                       help='mixed precision: bf16 runs the forward passes under torch.autocast (default: fp32)')
     train.set_defaults(handler=run_train)
 
     prepare = commands.add_parser('prepare', help='fit and save the generator artifact of a method recipe',
@@ -152,7 +154,8 @@ def run_train(args: argparse.Namespace) -> int:
         result = train_and_evaluate(config, device, distributed, log_freq=log_freq,
                                     start_epoch=args.start_epoch, dst_ckpt=dst_ckpt, test_only=args.test_only,
                                     student_only=args.student_only, run_args=args,
-                                    lr_factor=world_size if args.adjust_lr else 1, require_teacher_ckpt=True)
+                                    lr_factor=world_size if args.adjust_lr else 1, require_teacher_ckpt=True,
+                                    amp=args.amp)
         if rank == 0:
             teacher = '' if result.teacher_acc is None else f'teacher {result.teacher_acc:.2f}%, '
             trained = 'student' if 'teacher_model' in models else 'model'
@@ -194,7 +197,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def knob_sections() -> list[tuple[str, str, Any, str]]:
     """(YAML key, YAML path of the kwargs, component, summary) of every component with declared knobs."""
     from .dataset import WRAPPER_PATH, GeneratorAuxiliaryDataset
-    from .loss import LOSS_PATH, MismatchKDLoss
+    from .loss import MismatchKDLoss
     from .sampler import SAMPLER_PATH, TeacherConfidenceBatchSampler
     return [
         ('GeneratorAuxiliaryDataset', WRAPPER_PATH, GeneratorAuxiliaryDataset,
@@ -203,8 +206,9 @@ def knob_sections() -> list[tuple[str, str, Any, str]]:
         ('TeacherConfidenceBatchSampler', SAMPLER_PATH, TeacherConfidenceBatchSampler,
          'The batch sampler: real samples from the recipe\'s sampler plus generated ones drawn by teacher '
          'confidence.'),
-        ('MismatchKDLoss', LOSS_PATH, MismatchKDLoss,
-         'The mid-level loss: KD where the teacher is reliable on a sample, cross-entropy where it is not.'),
+        ('MismatchKDLoss', 'train.criterion.kwargs.sub_terms.<name>.criterion.kwargs', MismatchKDLoss,
+         'The mid-level loss: the teacher term (DIST\'s correlations by default) weighted by how reliable the '
+         'teacher is on each sample, plus cross-entropy that takes over where it is not.'),
     ]
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchdistill.datasets.registry import register_dataset, register_dataset_wrapper
 
 from .artifact import (config_fingerprint, load_artifact, model_fingerprint, package_versions,
@@ -68,14 +68,21 @@ KNOBS = (
     Knob('latent_lr', float, 0.05, low=0, low_open=True, doc='learning rate of the q_c fit'),
     Knob('kl_weight', float, 1.0, low=0, doc='lambda: weight of KL(q_c || N(0, I)); keeps samples diverse'),
     Knob('pool_size', int, 2000, low=1, doc='images generated per refresh, before the confidence filter'),
-    Knob('refresh_every', int, 3, low=1, doc='epochs between pool refreshes'),
+    Knob('refresh_every', int, 3, low=1,
+         doc='epochs between pool refreshes; a refresh costs pool_size x candidates teacher passes (at the '
+             'defaults about 0.7 of a KD epoch on 6,000 images); long runs can refresh less often'),
     Knob('confidence_threshold', float, 0.5, low=0, high=1, doc='tau: keep an image when p_T(its class) >= tau'),
     Knob('class_prior', str, 'uniform', choices=('uniform', 'data', 'inverse'),
          doc='class proportions of the pool: uniform, as in the real data, or inverse to it (rebalancing)'),
-    Knob('candidates', int, 4, low=1, doc='anchored generators: candidate renderings per real image; the teacher keeps the best'),
+    Knob('candidates', int, 4, low=1,
+         doc='anchored generators: renderings per real image, the first the image itself; the teacher picks '
+             'one by candidate_choice. Each costs a teacher pass; 2 lost 2 points under covariate shift '
+             '(docs/method.md)'),
     Knob('candidate_choice', str, 'passing', choices=('best', 'passing'),
          doc='anchored generators: keep the most probable candidate, or a random one passing the threshold'),
-    Knob('proposal_rounds', int, 2, low=0, doc='anchored generators: cross-entropy-method rounds fitting q_c (the latent fit)'),
+    Knob('proposal_rounds', int, 2, low=0,
+         doc='anchored generators: cross-entropy-method rounds fitting q_c (the latent fit); each costs '
+             'pool_size x candidates teacher passes'),
     Knob('mixup_alpha', float, 1.0, low=0, doc='serve generated items mixed with a real image, lambda ~ Beta(alpha, alpha); 0 = off'),
     Knob('mixup_fraction', float, 0.5, low=0, high=1, doc='share of served generated items that are mixed when mixup_alpha > 0'),
     Knob('generation_batch_size', int, 512, low=1, doc='batch size of pool generation and teacher labelling'),
@@ -89,6 +96,8 @@ def _labels_of(dataset: Dataset) -> torch.Tensor:
     targets = getattr(dataset, 'targets', None)
     if targets is not None and len(targets) == len(dataset):
         return torch.as_tensor(targets).long().flatten()
+    if isinstance(dataset, Subset):  # torch's Subset has no targets: take its parent's, by index
+        return _labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
 
 
@@ -387,7 +396,9 @@ class GeneratorAuxiliaryDataset(Dataset):
             drawn = labels
             keep = confidence >= config['confidence_threshold']
             images, labels, confidence = images[keep], labels[keep], confidence[keep]
-            self.pool_images, self.pool_labels, self.pool_confidence = images.cpu(), labels.cpu(), confidence.cpu()
+            # fp32 on the host whatever the autocast dtype: the loader collates pool and real images together.
+            self.pool_images = images.float().cpu()
+            self.pool_labels, self.pool_confidence = labels.cpu(), confidence.float().cpu()
         self.pool_refresh_count += 1
         self._log_pool(drawn.cpu())
 

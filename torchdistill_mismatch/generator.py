@@ -43,9 +43,23 @@ def register_generator(arg=None, **kwargs):
 
 
 class ConditionalGenerator(nn.Module):
-    """Interface of a conditional generator G(z, y): what the latent fit, the pool and the tests use."""
+    """Interface of a conditional generator G(z, y): what the latent fit, the pool and the tests use.
+
+    The constructor checks the image shape and holds the data's per-channel statistics, which every
+    generator needs (the CVAE standardises with them, the renderer keeps its output in the data's range).
+    """
     latent_dim: int
     num_classes: int
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        channels, height, width = image_shape
+        if min(height, width) < MIN_SIDE:
+            raise ConfigError(f'image shape {tuple(image_shape)}: the generator needs sides of at least {MIN_SIDE} px')
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.register_buffer('data_mean', torch.zeros(channels))
+        self.register_buffer('data_std', torch.ones(channels))
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -57,7 +71,8 @@ class ConditionalGenerator(nn.Module):
         raise NotImplementedError
 
     def set_data_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        raise NotImplementedError
+        self.data_mean.copy_(mean)
+        self.data_std.copy_(std.clamp_min(1e-6))
 
 
 def working_side(side: int) -> int:
@@ -85,12 +100,8 @@ class ConvCVAE(ConditionalGenerator):
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 16,
                  base_channels: int = 32):
-        super().__init__()
+        super().__init__(image_shape, num_classes)
         channels, height, width = image_shape
-        if min(height, width) < MIN_SIDE:
-            raise ConfigError(f'image shape {tuple(image_shape)}: the generator needs sides of at least {MIN_SIDE} px')
-        self.image_shape = tuple(image_shape)
-        self.num_classes = num_classes
         self.latent_dim = latent_dim
         self.work_hw = (working_side(height), working_side(width))
         self.feat_hw = (self.work_hw[0] // 4, self.work_hw[1] // 4)
@@ -112,12 +123,6 @@ class ConvCVAE(ConditionalGenerator):
         )
         self._c2 = c2
         self.log_sigma = nn.Parameter(torch.zeros(()))
-        self.register_buffer('data_mean', torch.zeros(channels))
-        self.register_buffer('data_std', torch.ones(channels))
-
-    def set_data_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.data_mean.copy_(mean)
-        self.data_std.copy_(std.clamp_min(1e-6))
 
     def _standardise(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.data_mean.view(1, -1, 1, 1)) / self.data_std.view(1, -1, 1, 1)
@@ -234,21 +239,11 @@ class ImageTransformGenerator(ConditionalGenerator):
     anchored = True
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 3, **unused):
-        super().__init__()
-        channels, height, width = image_shape
-        if min(height, width) < MIN_SIDE:
-            raise ConfigError(f'image shape {tuple(image_shape)}: the generator needs sides of at least {MIN_SIDE} px')
-        self.image_shape = tuple(image_shape)
-        self.num_classes = num_classes
+        super().__init__(image_shape, num_classes)
+        channels = image_shape[0]
         self.latent_dim = len(TRANSFORM_PARAMS)
         self.register_buffer('data_low', torch.zeros(channels))
         self.register_buffer('data_high', torch.ones(channels))
-        self.register_buffer('data_mean', torch.zeros(channels))
-        self.register_buffer('data_std', torch.ones(channels))
-
-    def set_data_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.data_mean.copy_(mean)
-        self.data_std.copy_(std.clamp_min(1e-6))
 
     def set_data_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
         self.data_low.copy_(low)

@@ -1,7 +1,8 @@
 """``MismatchKDLoss``: trust the teacher where it is reliable on a sample, the label where it is not.
 
-Our reconstruction of the "new loss" of Nguyen et al. (ECML PKDD 2021); see docs/method.md for what was
-measured against alternatives.
+Our reconstruction of the "new loss" of Nguyen et al. (ECML PKDD 2021), with the teacher term measured
+either as Hinton's KL or as DIST's correlations (Huang et al., NeurIPS 2022); see docs/method.md for what
+was measured against alternatives.
 """
 from __future__ import annotations
 
@@ -14,15 +15,25 @@ from torchdistill.losses.registry import register_mid_level_loss
 
 from .knobs import Knob, resolve_knobs
 
-LOSS_PATH = 'train.criterion.kwargs.sub_terms.<name>.criterion.kwargs'
+LOSS_PATH = 'MismatchKDLoss kwargs (train.criterion.kwargs.sub_terms.*.criterion.kwargs)'
 
 KNOBS = (
     Knob('student_module_path', str, '.', doc="student module whose output are the logits ('.' = the model)"),
     Knob('student_module_io', str, 'output', choices=('input', 'output'), doc='input or output of that module'),
     Knob('teacher_module_path', str, '.', doc="teacher module whose output are the logits ('.' = the model)"),
     Knob('teacher_module_io', str, 'output', choices=('input', 'output'), doc='input or output of that module'),
-    Knob('temperature', float, 4.0, low=0, low_open=True, doc='T: softens both distributions; the KL term is scaled by T^2'),
-    Knob('kappa', float, 1.0, low=0, doc='sharpness of the reliability weight w = p_T(y|x)^kappa; 0 gives Hinton KD'),
+    Knob('divergence', str, 'correlation', choices=('correlation', 'kl'),
+         doc="the teacher term: correlation = DIST's inter- and intra-class Pearson terms (Huang et al. 2022), "
+             "weighted per sample; kl = Hinton's KL (the first reconstruction; docs/method.md compares them)"),
+    Knob('temperature', float, 4.0, low=0, low_open=True, doc='T: softens both distributions; the teacher term is scaled by T^2'),
+    Knob('beta', float, 2.0, low=0, doc="weight of DIST's inter-class (per-sample) correlation term (divergence: correlation)"),
+    Knob('gamma', float, 2.0, low=0, doc="weight of DIST's intra-class (per-class, across the batch) term (divergence: correlation)"),
+    Knob('label_weight', float, 1.0, low=0,
+         doc='lambda: cross-entropy weight on every labelled item, on top of the (1 - w) it gets where the '
+             'teacher is unreliable; 0 gives the first reconstruction (labels only where w < 1)'),
+    Knob('kappa', float, 1.0, low=0,
+         doc='sharpness of w where the teacher is unreliable (a_y^kappa or p_T(y|x)^kappa); 0 makes w = 1 '
+             'everywhere: the teacher term plus lambda x CE, as in plain KD + CE'),
     Knob('weighting', str, 'class_agreement', choices=('class_agreement', 'agreement', 'probability'),
          doc='class_agreement: w = 1 where the teacher\'s top class is the label, else a_y^kappa, a_y = the '
              'teacher\'s running agreement rate on class y of this data; agreement: else p_T(y|x)^kappa; '
@@ -36,26 +47,33 @@ KNOBS = (
 
 @register_mid_level_loss
 class MismatchKDLoss(nn.Module):
-    """Per-sample reliability-weighted mix of Hinton's KD term and cross-entropy.
+    """Teacher term weighted per sample by the teacher's reliability, plus the labels where it is not reliable.
 
     .. math::
 
-        w_i = \\begin{cases} 1 & \\text{agreement and } \\arg\\max_k p_T(k \\mid x_i) = y_i \\\\
-              \\max\\left(m, p_T(y_i \\mid x_i)^{\\kappa}\\right) & \\text{otherwise} \\end{cases}, \\qquad
-        L_i = w_i \\, T^2 \\, \\mathrm{KL}\\left(p_T^{T}(x_i) \\,\\|\\, p_S^{T}(x_i)\\right)
-              + (1 - w_i)\\, \\mathrm{CE}(s_i, y_i)
+        w_i = \\begin{cases} 1 & \\arg\\max_k p_T(k \\mid x_i) = y_i \\\\
+              \\max\\left(m, a_{y_i}^{\\kappa}\\right) & \\text{otherwise} \\end{cases}, \\qquad
+        L = \\frac{1}{N}\\sum_i \\left[ w_i\\, D_i + (\\lambda + 1 - w_i)\\, \\mathrm{CE}(s_i, y_i) \\right]
+            + \\gamma T^2 \\frac{1}{C}\\sum_c \\left(1 - \\rho_w(p_S^T[:, c], p_T^T[:, c])\\right)
 
-    averaged over the batch, where :math:`p^T` is a softmax at temperature T, :math:`p_T(y_i|x_i)` the
-    teacher's probability of the label at T = 1 (detached: the teacher is frozen), and m = ``min_weight``.
-    Generated samples carry their conditioning class as :math:`y_i`.
+    with :math:`a_c` the teacher's running agreement rate with the labels of class c on this data
+    (``weighting: class_agreement``), :math:`p^T` a softmax at temperature T, m = ``min_weight`` and
+    lambda = ``label_weight``. With ``divergence: correlation`` (default)
+    :math:`D_i = \\beta T^2 (1 - \\rho(p_S^T(x_i), p_T^T(x_i)))`, the per-sample Pearson correlation of
+    DIST's inter-class relation, and the last term is DIST's intra-class relation with each class's
+    correlation across the batch weighted by w (:math:`\\rho_w`). With ``divergence: kl``,
+    :math:`D_i = T^2\\,\\mathrm{KL}(p_T^T(x_i) \\| p_S^T(x_i))` and there is no batch term.
 
     Where the teacher agrees with the label the student learns the teacher's dark knowledge; where the
-    teacher is wrong (the image lies outside what it knows, DESIGN.md S2) the label takes over instead of
-    being dropped, in proportion to how little the teacher believes it. With ``weighting: 'probability'``
-    the weight is p_T(y|x)^kappa everywhere (the first reconstruction; it lost 1.4 points under label
-    shift, docs/method.md). With ``kappa = 0`` (or w = 1) this is Hinton et al.'s KD with the T^2 factor, always
-    kept (torchdistill's ``KDLoss`` drops T^2 at ``alpha = 0``). Reference: Nguyen, Gupta, Tran, Venkatesh,
-    "Knowledge Distillation with Distribution Mismatch", ECML PKDD 2021, LNCS 12976, pp. 250-265.
+    teacher is wrong (the image lies outside what it knows, DESIGN.md S2) the label takes over, in
+    proportion to how rarely the teacher gets that class right on this data, and the wrong relations leave
+    the intra-class correlation. Items without a hard label (``targets == -1``: mixes served by
+    GeneratorAuxiliaryDataset) get w = 1 and no cross-entropy. Correlations rather than KL because they
+    ask the student to match the teacher's ranking, not its exact probabilities, which a half-width
+    student cannot reach after a few hundred steps (DIST, Huang et al., "Knowledge Distillation from A
+    Stronger Teacher", NeurIPS 2022); docs/method.md has the benchmark's comparison of the two forms.
+    Reference for the method: Nguyen, Gupta, Tran, Venkatesh, "Knowledge Distillation
+    with Distribution Mismatch", ECML PKDD 2021, LNCS 12976, pp. 250-265.
 
     Args:
         **kwargs: the knobs in :data:`KNOBS`.
@@ -71,7 +89,6 @@ class MismatchKDLoss(nn.Module):
                   key: 'MismatchKDLoss'
                   kwargs:
                     temperature: 4.0
-                    kappa: 1.0
                 weight: 1.0
     """
     KNOBS = KNOBS
@@ -100,31 +117,44 @@ class MismatchKDLoss(nn.Module):
                                            self.class_agreement)
         return self.class_agreement
 
-    def per_sample(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                   targets: torch.Tensor) -> torch.Tensor:
-        """Per-sample losses L_i (before reduction)."""
-        student_logits, teacher_logits = student_logits.float(), teacher_logits.float().detach()
-        t = self.temperature
-        teacher_soft = F.softmax(teacher_logits / t, dim=1)
-        kl = (teacher_soft * (F.log_softmax(teacher_logits / t, dim=1)
-                              - F.log_softmax(student_logits / t, dim=1))).sum(dim=1) * t * t
-        # Items without a hard label (UNLABELLED = -1: mixes served by GeneratorAuxiliaryDataset) get pure KD.
+    @torch.no_grad()
+    def reliability(self, teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """w_i in [0, 1] (detached: the teacher is frozen); 1 on unlabelled items."""
         labelled = targets >= 0
         safe_targets = targets.clamp_min(0)
-        reliability = F.softmax(teacher_logits, dim=1).gather(1, safe_targets[:, None]).squeeze(1)
         agrees = (teacher_logits.argmax(dim=1) == targets) | ~labelled
         if self.config['weighting'] == 'class_agreement':
             rate = self._update_agreement(agrees[labelled], targets[labelled], teacher_logits.shape[1])[safe_targets]
             weight = torch.where(agrees, torch.ones_like(rate), (rate ** self.kappa).clamp(min=self.min_weight))
         else:
-            weight = (reliability ** self.kappa).clamp(min=self.min_weight, max=1.0)
+            probability = F.softmax(teacher_logits, dim=1).gather(1, safe_targets[:, None]).squeeze(1)
+            weight = (probability ** self.kappa).clamp(min=self.min_weight, max=1.0)
             if self.config['weighting'] == 'agreement':
-                # Where the teacher's top class is the label it is reliable: pure KD there, which keeps the
-                # balanced dark knowledge that hard labels of a long-tailed set would bias (DESIGN.md S1).
+                # Where the teacher's top class is the label it is reliable: the teacher term alone there,
+                # which keeps the balanced dark knowledge that hard labels of a long-tailed set would bias.
                 weight = torch.where(agrees, torch.ones_like(weight), weight)
-        weight = torch.where(labelled, weight, torch.ones_like(weight))
-        ce = F.cross_entropy(student_logits, safe_targets, reduction='none') * labelled
-        return weight * kl + (1 - weight) * ce
+        return torch.where(labelled, weight, torch.ones_like(weight))
+
+    def per_sample(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                   targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses L_i; the batch-level intra-class term is shared equally, so their mean is L."""
+        # fp32 whatever the autocast dtype: softmax at T and Pearson's centring lose too much in bf16.
+        student_logits, teacher_logits = student_logits.float(), teacher_logits.float().detach()
+        weight = self.reliability(teacher_logits, targets)
+        labelled = targets >= 0
+        ce = F.cross_entropy(student_logits, targets.clamp_min(0), reduction='none') * labelled
+        ce_weight = self.config['label_weight'] + 1 - weight
+        t = self.temperature
+        if self.config['divergence'] == 'kl':
+            teacher_soft = F.softmax(teacher_logits / t, dim=1)
+            kl = (teacher_soft * (F.log_softmax(teacher_logits / t, dim=1)
+                                  - F.log_softmax(student_logits / t, dim=1))).sum(dim=1) * t * t
+            return weight * kl + ce_weight * ce
+        student_soft, teacher_soft = F.softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1)
+        inter = 1 - _pearson(student_soft, teacher_soft, dim=1)
+        intra = 1 - _pearson(student_soft, teacher_soft, dim=0, weight=weight).mean()
+        teacher_term = t * t * (self.config['beta'] * weight * inter + self.config['gamma'] * intra)
+        return teacher_term + ce_weight * ce
 
     def forward(self, student_io_dict: dict, teacher_io_dict: dict, targets: torch.Tensor | None = None,
                 *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -139,3 +169,26 @@ class MismatchKDLoss(nn.Module):
         if self.reduction == 'sum':
             return losses.sum()
         return losses
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor, dim: int, weight: torch.Tensor | None = None,
+             eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of x and y along ``dim``, optionally with per-row weights (``dim=0``).
+
+    Weighted moments use ``weight`` as frequency weights over the rows; a batch whose weights are all 0
+    leaves a correlation of 1 (no signal, no loss).
+    """
+    if weight is None:
+        xc, yc = x - x.mean(dim, keepdim=True), y - y.mean(dim, keepdim=True)
+        return (xc * yc).sum(dim) / _safe_norm(xc.square().sum(dim) * yc.square().sum(dim), eps)
+    w = weight[:, None] / weight.sum().clamp_min(eps)
+    xc, yc = x - (w * x).sum(0, keepdim=True), y - (w * y).sum(0, keepdim=True)
+    cov = (w * xc * yc).sum(0)
+    corr = cov / _safe_norm((w * xc.square()).sum(0) * (w * yc.square()).sum(0), eps)
+    return torch.where(weight.sum() > 0, corr, torch.ones_like(corr))
+
+
+def _safe_norm(variance_product: torch.Tensor, eps: float) -> torch.Tensor:
+    # Clamp before the square root: a saturated softmax has zero variance, and sqrt's gradient at 0 is
+    # infinite (0 * inf = NaN in the backward pass even where the forward value is fine).
+    return variance_product.clamp_min(eps * eps).sqrt()

@@ -22,6 +22,7 @@ checkpoints have the layout of torchdistill's ``save_ckpt`` (``model``, ``optimi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import os
@@ -41,7 +42,7 @@ from torchdistill.datasets.util import build_data_loader
 from torchdistill.models.registry import get_model
 
 from .artifact import model_fingerprint
-from .knobs import ConfigError
+from .knobs import ConfigError, resolve_knobs
 from .progress import is_main_process
 
 logger = logging.getLogger('torchdistill_mismatch')
@@ -425,6 +426,10 @@ def _check_registry_keys(train: dict) -> None:
         if not inner.get('key'):
             raise ConfigError(f'{where}.criterion.key: missing; e.g. KDLoss or MismatchKDLoss')
         _check_key(inner['key'], losses, f'{where}.criterion.key')
+        if inner['key'] == 'MismatchKDLoss':
+            # The loss itself cannot know its sub-term's name; checked here, its errors name the real path.
+            from .loss import KNOBS as LOSS_KNOBS
+            resolve_knobs(LOSS_KNOBS, inner.get('kwargs') or {}, f'{where}.criterion.kwargs')
         wrapper = (term or {}).get('criterion_wrapper') or {}
         if wrapper.get('key'):
             _check_key(wrapper['key'], LOSS_WRAPPER_DICT, f'{where}.criterion_wrapper.key')
@@ -469,8 +474,34 @@ def evaluate(model: nn.Module, data_loader, device: torch.device, num_classes: i
     return overall, per_class
 
 
-def train_one_epoch(box, device: torch.device, epoch: int, log_freq: int = 0) -> tuple[int, int, float]:
+AMP_DTYPES = {'bf16': torch.bfloat16}
+
+
+def check_amp(amp: str | None) -> None:
+    """Refuses an AMP mode we cannot run correctly, naming the one to use instead."""
+    if amp is None or amp in AMP_DTYPES:
+        return
+    if amp == 'fp16':
+        # fp16 needs loss scaling between the loss and backward(), which torchdistill's
+        # post_forward_process performs only through a Hugging Face accelerator.
+        raise ConfigError("--amp fp16: needs a GradScaler, which torchdistill's loop applies only through "
+                          "accelerate; use --amp bf16 (same speed on Ampere and later GPUs, no scaling needed)")
+    raise ConfigError(f'--amp {amp!r}: not a mode; use --amp bf16, or leave it out for fp32')
+
+
+def autocast_context(device: torch.device, amp: str | None):
+    """``torch.autocast`` for ``amp`` ('bf16') on ``device``'s type, or a no-op context."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def train_one_epoch(box, device: torch.device, epoch: int, log_freq: int = 0,
+                    amp: str | None = None) -> tuple[int, int, float]:
     """One epoch of torchdistill's loop; returns (steps, images, mean loss).
+
+    With ``amp`` the forward passes (teacher, student, loss) run under :func:`torch.autocast`; the
+    backward pass and the optimiser step stay outside it, as PyTorch's AMP recipe prescribes.
 
     Raises:
         FloatingPointError: when the loss is not finite (the run cannot recover; say what to change).
@@ -479,7 +510,8 @@ def train_one_epoch(box, device: torch.device, epoch: int, log_freq: int = 0) ->
     start = time.perf_counter()
     for sample_batch, targets, supp_dict in box.train_data_loader:
         sample_batch, targets = sample_batch.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        loss = box.forward_process(sample_batch, targets, supp_dict)
+        with autocast_context(device, amp):
+            loss = box.forward_process(sample_batch, targets, supp_dict)
         box.post_forward_process(loss=loss)
         loss_sum += loss.detach()
         steps += 1
@@ -552,7 +584,7 @@ def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distrib
                        test_only: bool = False, student_only: bool = False, select_on_val: bool = True,
                        run_args: argparse.Namespace | dict | None = None, lr_factor: float = 1,
                        require_teacher_ckpt: bool = False,
-                       on_epoch_end: Callable[[Any], None] | None = None) -> RunResult:
+                       on_epoch_end: Callable[[Any], None] | None = None, amp: str | None = None) -> RunResult:
     """Builds the models and the box from a loaded YAML config, trains, and evaluates on the test loader.
 
     The sequence is that of torchdistill's example runner: the student's ``src_ckpt`` gives its weights
@@ -576,11 +608,14 @@ def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distrib
         lr_factor: learning-rate multiplier (``-adjust_lr``: the world size).
         require_teacher_ckpt: raise when the teacher's ``src_ckpt`` is set but missing.
         on_epoch_end: called with the box after each epoch (tests and the benchmark inspect it).
+        amp: ``'bf16'`` runs the training forward passes and the pool's teacher passes under
+            ``torch.autocast`` (``--amp bf16``); None trains in fp32. Evaluation stays in fp32.
 
     Raises:
         ConfigError: for a recipe, checkpoint or flag that cannot work, before training starts.
     """
     device = torch.device(device)
+    check_amp(amp)
     check_recipe(config, test_only=test_only)
     import_dependencies(config.get('dependencies'))
     models = config['models']
@@ -612,7 +647,7 @@ def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distrib
         tested = student
     else:
         tested = _train(config, teacher, student, device, distributed, log_freq, start_epoch, dst_ckpt,
-                        select_on_val, run_args, lr_factor, on_epoch_end, result)
+                        select_on_val, run_args, lr_factor, on_epoch_end, result, amp)
 
     _sync_student_across_ranks(tested)
     fingerprints = _gathered_fingerprints(tested)
@@ -633,7 +668,7 @@ def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distrib
 def _train(config: dict, teacher: nn.Module | None, student: nn.Module, device: torch.device, distributed: bool,
            log_freq: int, start_epoch: int, dst_ckpt: str | None, select_on_val: bool,
            run_args: argparse.Namespace | dict | None, lr_factor: float,
-           on_epoch_end: Callable[[Any], None] | None, result: RunResult) -> nn.Module:
+           on_epoch_end: Callable[[Any], None] | None, result: RunResult, amp: str | None = None) -> nn.Module:
     """The epoch loop of :func:`train_and_evaluate`; returns the student to test (best or last)."""
     student_where = f'models.{_student_key(config)}.src_ckpt'
     start = time.perf_counter()
@@ -647,9 +682,10 @@ def _train(config: dict, teacher: nn.Module | None, student: nn.Module, device: 
     best_state = None
     for epoch in range(start_epoch, box.num_epochs):
         epoch_start = time.perf_counter()
-        box.pre_epoch_process(epoch=epoch)
+        with autocast_context(device, amp):  # the pool's teacher passes, as the training step's
+            box.pre_epoch_process(epoch=epoch)
         _keep_teacher_in_eval(box)
-        steps, images, mean_loss = train_one_epoch(box, device, epoch, log_freq)
+        steps, images, mean_loss = train_one_epoch(box, device, epoch, log_freq, amp)
         result.steps += steps
         result.images_seen += images
         result.history.setdefault('train_loss', []).append(mean_loss)
