@@ -30,7 +30,6 @@ import ast
 import copy
 import csv
 import datetime
-import difflib
 import hashlib
 import io
 import json
@@ -295,10 +294,12 @@ def _require(mapping: Mapping, key: str, where: str, kind: type) -> Any:
 
 def _suggest(name: str, options: Sequence[str], label: str) -> str:
     """``"; did you mean 'x'? <label>: a, b"`` (or without the guess when nothing is close)."""
-    close = difflib.get_close_matches(name, list(options), n=1)
+    from .runner import _closest_hint  # the runner's guess, so recipe and suite errors suggest alike
+
+    hint = _closest_hint(name, options)
     listed = ', '.join(options) or 'none'
-    if close:
-        return f"; did you mean '{close[0]}'? {label[0].upper() + label[1:]}: {listed}"
+    if hint:
+        return f"{hint} {label[0].upper() + label[1:]}: {listed}"
     return f'; {label}: {listed}'
 
 
@@ -891,15 +892,9 @@ def _capture_box(box: Any) -> dict[str, Any]:
             'pool_confidence': auxiliary.pool_confidence}
 
 
-def _labels(dataset: Any) -> torch.Tensor:
-    targets = getattr(dataset, 'targets', None)
-    if targets is not None and len(targets) == len(dataset):
-        return torch.as_tensor(targets).long()
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
-
-
 def _class_counts(dataset: Any, num_classes: int) -> list[int]:
-    return torch.bincount(_labels(dataset), minlength=num_classes).tolist()
+    from .dataset import _labels_of
+    return torch.bincount(_labels_of(dataset), minlength=num_classes).tolist()
 
 
 def _tail_accuracy(per_class: Sequence[float], counts: Sequence[int]) -> float | None:
@@ -927,18 +922,19 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def _save_samples(suite_dir: Path, run: PlannedRun, student_data: Any, captured: Mapping[str, Any]) -> None:
     """Saves up to GRID_PER_CLASS real and generated images per class (uint8) for the sample grids."""
+    from .dataset import _labels_of
+
     folder = suite_dir / 'samples'
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
-    real_path = folder / f'{run.scenario}__real.npz'
-    labels = _labels(student_data)
+    labels = _labels_of(student_data)
     num_classes = int(labels.max()) + 1
-    if True:  # every method of a scenario and seed sees the same real data: the last write is as good as any
-        picks = _grid_pick(labels, num_classes, generator)
-        images = torch.stack([torch.as_tensor(student_data[i][0]) for row in picks for i in row])
-        np.savez_compressed(real_path, images=_to_uint8(images),
-                            labels=np.array([c for c, row in enumerate(picks) for _ in row]),
-                            counts=np.bincount(labels.numpy(), minlength=num_classes))
+    # Every method of a scenario and seed sees the same real data: each run rewrites the same grid.
+    picks = _grid_pick(labels, num_classes, generator)
+    images = torch.stack([torch.as_tensor(student_data[i][0]) for row in picks for i in row])
+    np.savez_compressed(folder / f'{run.scenario}__real.npz', images=_to_uint8(images),
+                        labels=np.array([c for c, row in enumerate(picks) for _ in row]),
+                        counts=np.bincount(labels.numpy(), minlength=num_classes))
     if captured.get('pool_images') is not None:
         pool_labels = captured['pool_labels']
         picks = _grid_pick(pool_labels, num_classes, generator)
