@@ -111,3 +111,32 @@ def test_mixed_items_are_unlabelled_and_repeatable(digits_teacher):
     assert torch.equal(image, dataset[dataset.pool_offset + 3][0]), 'same epoch and index: same mix'
     dataset.prepare_epoch(digits_teacher, 'cpu', epoch=1)
     assert not torch.equal(image, dataset[dataset.pool_offset + 3][0]), 'a new epoch draws a new mix'
+
+
+def test_batched_fetch_keeps_order_and_mixes_only_pool_items(digits_teacher):
+    """torch's DataLoader fetches a batch through __getitems__: real items as the wrapped dataset gives them,
+    pool items in place, unmixed ones with their pool label and confidence."""
+    from torchdistill_mismatch.dataset import UNLABELLED
+    real = mismatch_dataset('digits', 'student', 'none', seed=0, image_size=16)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, pool_size=200, mixup_alpha=1.0, mixup_fraction=0.5)
+    dataset.prepare_epoch(digits_teacher, 'cpu', epoch=0)
+    offset = dataset.pool_offset
+    pool = list(range(offset, offset + 40))
+    indices = [3] + pool[:20] + [7] + pool[20:]
+    items = dataset.__getitems__(indices)
+    assert len(items) == len(indices)
+    for position, real_index in ((0, 3), (21, 7)):
+        image, label, supp = items[position]
+        assert torch.equal(image, real[real_index][0]) and label == real[real_index][1] and not supp['is_generated']
+    generated = [item for k, item in enumerate(items) if k not in (0, 21)]
+    mixed = [label == UNLABELLED for _, label, _ in generated]
+    assert 0 < sum(mixed) < len(mixed), 'mixup_fraction 0.5 mixes some of 40 items, not all'
+    for j, (image, label, supp) in zip(range(40), generated):
+        assert supp['is_generated']
+        if label != UNLABELLED:
+            assert torch.equal(image, dataset.pool_images[j]) and label == int(dataset.pool_labels[j])
+            assert supp['teacher_confidence'] == pytest.approx(float(dataset.pool_confidence[j]))
+        else:
+            assert not torch.equal(image, dataset.pool_images[j])
+    again = dataset.__getitems__(indices)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(items, again)), 'same epoch and batch: same mixes'

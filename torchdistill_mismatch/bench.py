@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import yaml
 
-from .knobs import ConfigError, resolve_knobs
+from .knobs import ConfigError, closest_hint, resolve_knobs
 
 logger = logging.getLogger('torchdistill_mismatch.bench')
 
@@ -294,9 +294,7 @@ def _require(mapping: Mapping, key: str, where: str, kind: type) -> Any:
 
 def _suggest(name: str, options: Sequence[str], label: str) -> str:
     """``"; did you mean 'x'? <label>: a, b"`` (or without the guess when nothing is close)."""
-    from .runner import _closest_hint  # the runner's guess, so recipe and suite errors suggest alike
-
-    hint = _closest_hint(name, options)
+    hint = closest_hint(name, options)
     listed = ', '.join(options) or 'none'
     if hint:
         return f"{hint} {label[0].upper() + label[1:]}: {listed}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 
 class ConfigError(ValueError):
@@ -126,9 +126,7 @@ def resolve_knobs(knobs: Sequence[Knob], given: Mapping[str, Any], where: str) -
     names = [k.name for k in knobs]
     for key in given:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ''
-            raise ConfigError(f"{where}.{key}: unknown key{hint} Accepted keys: {', '.join(names)}")
+            raise ConfigError(f"{where}.{key}: unknown key{closest_hint(key, names)} Accepted keys: {', '.join(names)}")
     resolved = {}
     for knob in knobs:
         if knob.name in given:
@@ -140,13 +138,20 @@ def resolve_knobs(knobs: Sequence[Knob], given: Mapping[str, Any], where: str) -
     return resolved
 
 
+def closest_hint(value: Any, names: Iterable[Any]) -> str:
+    """``"; did you mean 'x'?"`` for the name closest to ``value`` (difflib's ratio), or '' when none is close.
+
+    The one guess every error of the package uses, so recipe, knob and suite messages suggest alike.
+    """
+    close = difflib.get_close_matches(str(value), [str(n) for n in names], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ''
+
+
 def check_registry_key(value: str, registry: Mapping[str, Any] | Sequence[str], where: str) -> str:
     """Checks that ``value`` names an entry of ``registry``; suggests the closest name when it does not."""
     names = sorted(registry)
     if value not in names:
-        close = difflib.get_close_matches(str(value), names, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ''
-        raise ConfigError(f'{where} = {value!r}: unknown name{hint} Accepted: {", ".join(names)}')
+        raise ConfigError(f'{where} = {value!r}: unknown name{closest_hint(value, names)} Accepted: {", ".join(names)}')
     return value
 
 

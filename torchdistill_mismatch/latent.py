@@ -131,6 +131,11 @@ class TransformProposal(nn.Module):
             self.sharpen_std[c] = mix(self.sharpen_std[c], elite[:, 2].std()).clamp_min(min_sharpen_std)
 
 
+def teacher_confidence(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """p_T(label | image): the teacher's probability of each image's own label, in fp32 under any autocast."""
+    return F.softmax(teacher(images).float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+
+
 @torch.no_grad()
 def best_of_candidates(generator, proposal: TransformProposal, teacher: nn.Module, images: torch.Tensor,
                        labels: torch.Tensor, candidates: int, rng: torch.Generator | None = None,
@@ -151,8 +156,7 @@ def best_of_candidates(generator, proposal: TransformProposal, teacher: nn.Modul
     thetas = torch.stack([proposal.sample(labels, rng) for _ in range(candidates)], dim=1)  # (n, K, 3)
     thetas[:, 0] = 0.0  # keep the image as it is when that already suits the teacher
     rendered = generator.render(images.repeat_interleave(candidates, 0), thetas.flatten(0, 1))
-    probs = F.softmax(teacher(rendered).float(), dim=1)
-    confidence = probs.gather(1, labels.repeat_interleave(candidates)[:, None]).view(n, candidates)
+    confidence = teacher_confidence(teacher, rendered, labels.repeat_interleave(candidates)).view(n, candidates)
     if choice == 'best':
         best = confidence.argmax(dim=1)
     else:

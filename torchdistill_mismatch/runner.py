@@ -42,7 +42,7 @@ from torchdistill.datasets.util import build_data_loader
 from torchdistill.models.registry import get_model
 
 from .artifact import model_fingerprint
-from .knobs import ConfigError, resolve_knobs
+from .knobs import ConfigError, closest_hint, resolve_knobs
 from .progress import is_main_process
 
 logger = logging.getLogger('torchdistill_mismatch')
@@ -131,9 +131,6 @@ def resolve_device(device: str | None) -> torch.device:
 class _CurrentStderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record arrives: pytest and notebooks replace it, and a
     handler holding the stream it was created with would write into a closed one."""
-
-    def __init__(self) -> None:
-        super().__init__()
 
     @property
     def stream(self):  # noqa: D401  (logging.StreamHandler's attribute)
@@ -282,7 +279,8 @@ def load_checkpoint_weights(model: nn.Module, path: str, where: str) -> None:
     Raises:
         ConfigError: when the file is missing, unreadable or does not fit ``model``.
     """
-    read_checkpoint(path, where)  # raises for a missing file, which load_checkpoint would skip
+    if not os.path.isfile(os.path.expanduser(path)):  # load_checkpoint would skip a missing file
+        raise ConfigError(f'{where} = {path!r}: no such file')
     load_checkpoint(path, model=model, where=where)
 
 
@@ -316,7 +314,7 @@ def load_model(model_config: dict, device: torch.device, where: str, require_ckp
         if model is None:
             if key not in MODEL_DICT and not model_config.get('repo_or_dir'):
                 raise ConfigError(f'{where}.key = {key!r}: neither a torchvision model nor a registered one'
-                                  f'{_closest_hint(key, MODEL_DICT)}; registered: {", ".join(sorted(MODEL_DICT))}')
+                                  f'{closest_hint(key, MODEL_DICT)}; registered: {", ".join(sorted(MODEL_DICT))}')
             model = get_model(key, model_config.get('repo_or_dir'), **kwargs)
     except TypeError as error:
         raise ConfigError(f'{where}.kwargs: {error}') from None
@@ -329,12 +327,6 @@ def load_model(model_config: dict, device: torch.device, where: str, require_ckp
     return model.to(device)
 
 
-def _closest_hint(value: str, names: Any) -> str:
-    import difflib
-    close = difflib.get_close_matches(str(value), [str(n) for n in names], n=1)
-    return f"; did you mean '{close[0]}'?" if close else ''
-
-
 def _check_key(value: Any, names: Any, where: str, list_limit: int = 40) -> None:
     """``value`` must name an entry of ``names``; the message suggests the closest one (and lists them
     when there are few enough to read)."""
@@ -342,7 +334,7 @@ def _check_key(value: Any, names: Any, where: str, list_limit: int = 40) -> None
     if value in names:
         return
     listing = f' Accepted: {", ".join(names)}' if len(names) <= list_limit else f' ({len(names)} registered names)'
-    raise ConfigError(f'{where} = {value!r}: unknown name{_closest_hint(value, names)}{listing}')
+    raise ConfigError(f'{where} = {value!r}: unknown name{closest_hint(value, names)}{listing}')
 
 
 def _student_key(config: dict) -> str:
@@ -647,7 +639,8 @@ def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distrib
         tested = student
     else:
         tested = _train(config, teacher, student, device, distributed, log_freq, start_epoch, dst_ckpt,
-                        select_on_val, run_args, lr_factor, on_epoch_end, result, amp)
+                        select_on_val, run_args, lr_factor, on_epoch_end, result, amp,
+                        student_key=student_key, num_classes=num_classes)
 
     _sync_student_across_ranks(tested)
     fingerprints = _gathered_fingerprints(tested)
@@ -668,17 +661,17 @@ def train_and_evaluate(config: dict, device: torch.device | str = 'cpu', distrib
 def _train(config: dict, teacher: nn.Module | None, student: nn.Module, device: torch.device, distributed: bool,
            log_freq: int, start_epoch: int, dst_ckpt: str | None, select_on_val: bool,
            run_args: argparse.Namespace | dict | None, lr_factor: float,
-           on_epoch_end: Callable[[Any], None] | None, result: RunResult, amp: str | None = None) -> nn.Module:
+           on_epoch_end: Callable[[Any], None] | None, result: RunResult, amp: str | None, *,
+           student_key: str, num_classes: int) -> nn.Module:
     """The epoch loop of :func:`train_and_evaluate`; returns the student to test (best or last)."""
-    student_where = f'models.{_student_key(config)}.src_ckpt'
+    student_where = f'models.{student_key}.src_ckpt'
     start = time.perf_counter()
     box = build_box(config, teacher, student, device, distributed, lr_factor)
-    best_value, _ = load_checkpoint(config['models'][_student_key(config)].get('src_ckpt'),
+    best_value, _ = load_checkpoint(config['models'][student_key].get('src_ckpt'),
                                     optimizer=box.optimizer, lr_scheduler=box.lr_scheduler, where=student_where)
     best_value = best_value or 0.0
     trained = box.student_model if teacher is not None else box.model
     val_loader = getattr(box, 'val_data_loader', None) if select_on_val else None
-    num_classes = _num_classes(config)
     best_state = None
     for epoch in range(start_epoch, box.num_epochs):
         epoch_start = time.perf_counter()
