@@ -186,13 +186,14 @@ class GeneratorAuxiliaryDataset(Dataset):
         """
         items: list[Any] = [None] * len(indices)
         pool_at, pool_j = [], []
+        offset = self.pool_offset  # once: len() of a wrapped dataset can cost more than the lookup
         for k, index in enumerate(indices):
-            if index < self.pool_offset:
+            if index < offset:
                 image, label = self.org_dataset[index][:2]
                 items[k] = (image, int(label), {'is_generated': False, 'teacher_confidence': -1.0})
             else:
                 pool_at.append(k)
-                pool_j.append(index - self.pool_offset)
+                pool_j.append(index - offset)
         if pool_j:
             for k, item in zip(pool_at, self._pool_items(pool_j)):
                 items[k] = item

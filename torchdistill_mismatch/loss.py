@@ -105,11 +105,15 @@ class MismatchKDLoss(nn.Module):
         self.register_buffer('class_agreement', torch.ones(0), persistent=False)
 
     @torch.no_grad()
-    def _update_agreement(self, agrees: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def _update_agreement(self, agrees: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
+                          num_classes: int) -> torch.Tensor:
         if self.class_agreement.numel() != num_classes:
             self.class_agreement = torch.ones(num_classes, device=targets.device)
-        counts = torch.bincount(targets, minlength=num_classes).float()
-        hits = torch.bincount(targets, weights=agrees.float(), minlength=num_classes)
+        # scatter_add rather than bincount or a boolean mask: both of those wait for the GPU every step
+        # (the output size depends on the data), which would stall the training loop.
+        zeros = torch.zeros(num_classes, device=targets.device)
+        counts = zeros.scatter_add(0, targets, labelled.float())
+        hits = zeros.scatter_add(0, targets, (agrees & labelled).float())
         seen = counts > 0
         momentum = self.config['agreement_momentum']
         batch_rate = hits / counts.clamp_min(1)
@@ -124,7 +128,7 @@ class MismatchKDLoss(nn.Module):
         safe_targets = targets.clamp_min(0)
         agrees = (teacher_logits.argmax(dim=1) == targets) | ~labelled
         if self.config['weighting'] == 'class_agreement':
-            rate = self._update_agreement(agrees[labelled], targets[labelled], teacher_logits.shape[1])[safe_targets]
+            rate = self._update_agreement(agrees, safe_targets, labelled, teacher_logits.shape[1])[safe_targets]
             weight = torch.where(agrees, torch.ones_like(rate), (rate ** self.kappa).clamp(min=self.min_weight))
         else:
             probability = F.softmax(teacher_logits, dim=1).gather(1, safe_targets[:, None]).squeeze(1)
