@@ -48,7 +48,7 @@ def test_two_processes_with_gloo_fit_once_share_the_pool_and_agree(digits_teache
     assert torch.load(tmp_path / 'artifact.pt', weights_only=True)['metadata']['fingerprints']
 
 
-def test_bf16_autocast_runs_the_forward_passes_and_the_pool_in_mixed_precision(digits_teacher_ckpt):
+def test_bf16_autocast_runs_the_forward_passes_and_the_pool_in_mixed_precision(digits_teacher_ckpt, monkeypatch):
     # CPU autocast is the same torch.autocast the CUDA path uses; a hook sees which dtype the student
     # computes in, and the pool must come back to the loader as fp32 (collated with real images).
     set_seed(0)
@@ -71,11 +71,8 @@ def test_bf16_autocast_runs_the_forward_passes_and_the_pool_in_mixed_precision(d
         box.student_model.register_forward_hook(hook)
         return box
 
-    runner.build_box = build_box_with_hook
-    try:
-        result = train_and_evaluate(config, 'cpu', on_epoch_end=record, amp='bf16')
-    finally:
-        runner.build_box = original
+    monkeypatch.setattr(runner, 'build_box', build_box_with_hook)
+    result = train_and_evaluate(config, 'cpu', on_epoch_end=record, amp='bf16')
     assert seen == {torch.bfloat16}, seen
     assert result.test_acc > 20.0 and torch.isfinite(torch.tensor(result.history['train_loss'])).all()
     dataset = find_auxiliary_dataset(boxes[-1].train_data_loader.dataset)
