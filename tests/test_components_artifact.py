@@ -11,7 +11,7 @@ from torchdistill_mismatch.data import mismatch_dataset
 from torchdistill_mismatch.dataset import GeneratorAuxiliaryDataset
 from torchdistill_mismatch.knobs import ConfigError
 
-SMALL = dict(num_classes=10, latent_dim=4, base_channels=8, fit_steps=20, latent_steps=5)
+SMALL = dict(num_classes=10, strategy='CVAEStrategy', latent_dim=4, base_channels=8, fit_steps=20, latent_steps=5)
 
 
 def _dataset(path, **overrides) -> GeneratorAuxiliaryDataset:
@@ -30,8 +30,8 @@ def test_fresh_artifact_is_reused_and_stale_ones_are_refitted_with_a_warning(dig
     reused = _dataset(path)
     reused.fit(digits_teacher)
     assert 'generator_fit' not in reused.timings
-    for key, value in first.generator_model.state_dict().items():
-        assert torch.equal(reused.generator_model.state_dict()[key], value)
+    for key, value in first.strategy.state_dict().items():
+        assert torch.equal(reused.strategy.state_dict()[key], value)
 
     for change, expected in (({'fit_steps': 21}, 'config changed'), ({'seed_data': 1}, 'data changed')):
         stale = _dataset(path, **change)
@@ -47,7 +47,7 @@ def test_fresh_artifact_is_reused_and_stale_ones_are_refitted_with_a_warning(dig
 
 def test_a_corrupt_or_foreign_artifact_stops_with_the_path(tmp_path):
     truncated = tmp_path / 'truncated.pt'
-    save_artifact(truncated, {'w': torch.ones(100)}, {}, {})
+    save_artifact(truncated, {'w': torch.ones(100)}, {})
     truncated.write_bytes(truncated.read_bytes()[:50])
     with pytest.raises(ConfigError, match='not a readable artifact.*delete it'):
         load_artifact(truncated)
@@ -64,6 +64,6 @@ def test_artifacts_refuse_pickled_code(tmp_path):
         def __reduce__(self):
             return (os.system, ('echo should-not-run',))
     evil = tmp_path / 'evil.pt'
-    torch.save({'format': 1, 'generator': Payload(), 'latent': {}, 'metadata': {}}, evil)
+    torch.save({'format': 2, 'state': Payload(), 'metadata': {}}, evil)
     with pytest.raises(ConfigError, match='not a readable artifact'):
         load_artifact(evil)

@@ -24,22 +24,22 @@ def _mean_negative_elbo(generator, dataset) -> float:
 def _pass_rate(dataset, teacher, learned: bool, threshold: float = 0.5, n: int = 1000) -> float:
     labels = torch.arange(n) % 10
     rng = torch.Generator().manual_seed(1)
-    z = dataset.latent.sample(labels, rng) if learned else torch.randn(n, dataset.config['latent_dim'], generator=rng)
-    images = dataset.generator_model.decode(z, labels)
+    strategy = dataset.strategy
+    z = strategy.latent.sample(labels, rng) if learned else torch.randn(n, strategy.latent_dim, generator=rng)
+    images = strategy.generator.decode(z, labels)
     confidence = F.softmax(teacher(images), dim=1).gather(1, labels[:, None]).squeeze(1)
     return float((confidence >= threshold).float().mean())
 
 
 def test_fitting_lowers_the_negative_elbo_and_the_learned_latent_raises_the_pass_rate(digits_teacher):
     real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
-    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, generator='ConvCVAE', latent_dim=8, base_channels=16,
-                                        fit_steps=300,
-                                        latent_steps=100, kl_weight=0.05)
-    dataset._build()
-    dataset.generator_model.set_data_stats(real.images.mean(dim=(0, 2, 3)), real.images.std(dim=(0, 2, 3)))
-    before = _mean_negative_elbo(dataset.generator_model, real)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, strategy='CVAEStrategy', latent_dim=8,
+                                        base_channels=16, fit_steps=300, latent_steps=100, kl_weight=0.05)
+    generator = dataset.strategy.generator
+    generator.set_data_stats(real.images.mean(dim=(0, 2, 3)), real.images.std(dim=(0, 2, 3)))
+    before = _mean_negative_elbo(generator, real)
     dataset.fit(digits_teacher, 'cpu')
-    after = _mean_negative_elbo(dataset.generator_model, real)
+    after = _mean_negative_elbo(generator, real)
     prior_rate = _pass_rate(dataset, digits_teacher, learned=False)
     learned_rate = _pass_rate(dataset, digits_teacher, learned=True)
     print(f'\n[generator figures] negative ELBO (nats/image) before {before:.1f} after {after:.1f}; '
@@ -51,9 +51,9 @@ def test_fitting_lowers_the_negative_elbo_and_the_learned_latent_raises_the_pass
 
 def test_pool_holds_only_images_the_teacher_accepts(digits_teacher):
     real = mismatch_dataset('digits', 'student', 'none', seed=0, image_size=16)
-    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, generator='ConvCVAE', latent_dim=8, base_channels=16,
-                                        fit_steps=60, latent_steps=20, pool_size=300, confidence_threshold=0.6,
-                                        mixup_alpha=0.0)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, strategy='CVAEStrategy', latent_dim=8,
+                                        base_channels=16, fit_steps=60, latent_steps=20, pool_size=300,
+                                        confidence_threshold=0.6, mixup_alpha=0.0)
     dataset.fit(digits_teacher, 'cpu')
     dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
     assert 0 < len(dataset.pool_labels) <= 300

@@ -1,6 +1,7 @@
 """Each public name resolves through torchdistill's own getters after `import torchdistill_mismatch`."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torchdistill.common.main_util import import_dependencies
 from torchdistill.core.interfaces.registry import get_pre_epoch_proc_func
@@ -40,3 +41,21 @@ def test_timm_model_loads_both_checkpoint_formats(tmp_path):
         loaded = get_model('timm_model', model_name='resnet10t', num_classes=5, checkpoint_path=str(tmp_path / name))
         for key, value in source.state_dict().items():
             assert torch.equal(loaded.state_dict()[key], value), (name, key)
+
+
+@pytest.mark.parametrize('component', ['GeneratorAuxiliaryDataset', 'TeacherConfidenceBatchSampler', 'MismatchKDLoss',
+                                       'ReRenderStrategy', 'CVAEStrategy'])
+def test_typed_signatures_and_declared_knobs_agree(component):
+    """help() and IDEs show the signature; the declared knobs validate and document: they must not drift."""
+    import inspect
+
+    import torchdistill_mismatch as package
+    from torchdistill_mismatch.knobs import REQUIRED
+    from torchdistill_mismatch.strategies import POOL_STRATEGY_DICT
+
+    cls = POOL_STRATEGY_DICT.get(component) or getattr(package, component)
+    parameters = inspect.signature(cls.__init__).parameters
+    for knob in cls.KNOBS:
+        assert knob.name in parameters, f'{component}: knob {knob.name} is not a parameter'
+        default = parameters[knob.name].default
+        assert default == (None if knob.default is REQUIRED else knob.default), (component, knob.name, default)

@@ -23,7 +23,8 @@ def _dataset(num_real: int = 200, pool_confidence: list[float] | None = None) ->
 
 def test_each_batch_has_the_configured_ratio_and_every_real_index_once():
     dataset = _dataset(200)
-    sampler = TeacherConfidenceBatchSampler(RandomSampler(dataset), batch_size=32, ratio=0.25)
+    sampler = TeacherConfidenceBatchSampler(RandomSampler(dataset), batch_size=32, ratio=0.25,
+                                            generated_within_batch=False)
     batches = list(sampler)
     assert len(batches) == len(sampler) == 7  # ceil(200 / 32): the steps of a plain BatchSampler
     real = [i for b in batches for i in b if i < dataset.pool_offset]
@@ -32,6 +33,21 @@ def test_each_batch_has_the_configured_ratio_and_every_real_index_once():
     for batch in batches[:-1]:
         assert sum(i >= dataset.pool_offset for i in batch) == 8
     assert all(dataset[i][2]['is_generated'] for i in generated)
+
+
+def test_generated_within_batch_keeps_the_kd_steps_and_images_per_step():
+    """96 real + 32 generated per step of 128 (ratio 1/3): a step costs a KD step's images, the epoch KD's steps,
+    and each epoch sees a new three quarters of the real data."""
+    dataset = _dataset(1280)
+    sampler = TeacherConfidenceBatchSampler(RandomSampler(dataset), batch_size=128, ratio=1 / 3,
+                                            generated_within_batch=True)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 10
+    assert all(len(b) == 128 and sum(i >= dataset.pool_offset for i in b) == 32 for b in batches)
+    real = [i for b in batches for i in b if i < dataset.pool_offset]
+    assert len(real) == len(set(real)) == 960
+    dataset.pool_confidence = torch.empty(0)  # no pool yet: whole batches of real samples
+    assert [len(b) for b in sampler] == [128] * 10
 
 
 def test_generated_draws_follow_confidence_to_the_power_gamma():
@@ -61,7 +77,7 @@ def test_distributed_ranks_get_disjoint_shards_covering_the_data():
     seen_real, seen_generated = [], []
     for rank in range(2):
         shard = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=3)
-        sampler = TeacherConfidenceBatchSampler(shard, batch_size=16, ratio=0.5)
+        sampler = TeacherConfidenceBatchSampler(shard, batch_size=16, ratio=0.5, generated_within_batch=False)
         sampler.set_epoch(1)
         batches = list(sampler)
         seen_real.append({i for b in batches for i in b if i < dataset.pool_offset})
@@ -88,7 +104,8 @@ def test_same_seed_and_epoch_give_the_same_batches_and_another_epoch_does_not():
 
 def test_an_empty_pool_gives_real_only_batches():
     dataset = _dataset(64, pool_confidence=[])
-    batches = list(TeacherConfidenceBatchSampler(RandomSampler(dataset), batch_size=16, ratio=0.5))
+    batches = list(TeacherConfidenceBatchSampler(RandomSampler(dataset), batch_size=16, ratio=0.5,
+                                                 generated_within_batch=False))
     assert sorted(i for b in batches for i in b) == list(range(64))
 
 

@@ -1,10 +1,10 @@
-"""The fitted-generator artifact: written atomically, read with ``weights_only=True``, refitted when stale.
+"""The fitted-strategy artifact: written atomically, read with ``weights_only=True``, refitted when stale.
 
-An artifact holds the generator's and the latent distribution's state dicts and a metadata dict:
-the fingerprint of the data it was fitted on, of the teacher the latent was fitted against, of the
-generator knobs, and the package versions. A run reuses an artifact only when all three fingerprints
-match; otherwise it warns, naming what changed, and refits (a stale generator silently reused would
-bias every later result).
+An artifact holds the pool strategy's state dict (its generator and learned distribution) and a metadata
+dict: the fingerprint of the data it was fitted on, of the teacher it was fitted against, of every knob
+that changes the fit (the strategy says which: ``PoolStrategy.fit_config``), and the package versions.
+A run reuses an artifact only when all three fingerprints match; otherwise it warns, naming what
+changed, and refits (a stale fit silently reused would bias every later result).
 """
 from __future__ import annotations
 
@@ -12,18 +12,19 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from .io_util import atomic_torch_save
 from .knobs import ConfigError
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_FORMAT = 1
+# 2: one strategy state (0.2's pool strategies) where format 1 held a generator's and a latent's.
+ARTIFACT_FORMAT = 2
 FINGERPRINT_KEYS = ('data', 'teacher', 'config')
 
 
@@ -51,32 +52,19 @@ def config_fingerprint(config: dict[str, Any]) -> str:
 def package_versions() -> dict[str, str]:
     import timm
     import torchdistill
-    from . import __version__
+    from ._version import __version__
     # str(): torch.__version__ is a TorchVersion, which weights_only=True refuses to unpickle.
     return {'torch': str(torch.__version__), 'torchdistill': str(torchdistill.__version__), 'timm': str(timm.__version__),
             'torchdistill_mismatch': __version__}
 
 
-def save_artifact(path: str | os.PathLike, generator_state: dict, latent_state: dict, metadata: dict) -> None:
+def save_artifact(path: str | os.PathLike, state: dict, metadata: dict) -> None:
     """Writes the artifact to a temporary file in the same folder, then renames it into place.
 
     A process killed mid-write leaves only a ``.tmp`` file that no reader takes for an artifact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {'format': ARTIFACT_FORMAT, 'generator': generator_state, 'latent': latent_state,
-               'metadata': metadata}
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    payload = {'format': ARTIFACT_FORMAT, 'state': state, 'metadata': metadata}
+    atomic_torch_save(path, payload)
 
 
 def load_artifact(path: str | os.PathLike) -> dict:
@@ -95,7 +83,7 @@ def load_artifact(path: str | os.PathLike) -> dict:
         raise ConfigError(f'artifact_path = {str(path)!r}: not a readable artifact ({type(error).__name__}: '
                           f'{str(error).splitlines()[0][:200]}); delete it to refit') from None
     if not isinstance(payload, dict) or payload.get('format') != ARTIFACT_FORMAT \
-            or not {'generator', 'latent', 'metadata'} <= set(payload):
+            or not {'state', 'metadata'} <= set(payload):
         raise ConfigError(f'artifact_path = {str(path)!r}: not a torchdistill-mismatch artifact of format '
                           f'{ARTIFACT_FORMAT}; delete it to refit')
     return payload

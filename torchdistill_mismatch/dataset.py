@@ -2,17 +2,18 @@
 
 Flow (the pre-epoch process drives it; see :mod:`torchdistill_mismatch.processes`):
 
-1. first epoch: fit a conditional generator G(z, y) on the real samples (labels = the student's labels),
-   then the per-class latent distribution q_c (:mod:`torchdistill_mismatch.latent`); or load both from
-   ``artifact_path`` when its fingerprints match;
-2. every ``refresh_every`` epochs: sample ``pool_size`` labels from the class prior, z ~ q_c, decode,
-   run the teacher once, keep each image whose teacher probability of its class is >= ``confidence_threshold``;
+1. first epoch: the pool strategy (``strategy``, :mod:`torchdistill_mismatch.strategies`) fits on the
+   real samples and the frozen teacher, or its fitted state is loaded from ``artifact_path`` when the
+   artifact's fingerprints (data, teacher, the knobs that change the fit) match;
+2. once, or every ``refresh_every`` epochs: the strategy generates ``pool_size`` images with their classes and the
+   teacher's confidence p_T(class | image); images with confidence >= ``confidence_threshold`` are kept;
 3. serve index i < N as the real sample i and N + j as pool image j. ``len()`` is N, so torchdistill's
    ``RandomSampler``/``DistributedSampler`` shard the real data as usual; the pool is reached only through
    :class:`~torchdistill_mismatch.sampler.TeacherConfidenceBatchSampler`.
 
-Each item is ``(image, label, supp)`` with ``supp = {'is_generated': bool, 'teacher_confidence': float}``
-(-1 for real samples, whose confidence is not computed here).
+The dataset does not know which strategy made the pool. Each item is ``(image, label, supp)`` with
+``supp = {'is_generated': bool, 'teacher_confidence': float}`` (-1 for real samples, whose confidence is
+not computed here).
 
 Example YAML (under ``train.train_data_loader``)::
 
@@ -20,28 +21,33 @@ Example YAML (under ``train.train_data_loader``)::
       key: 'GeneratorAuxiliaryDataset'
       kwargs:
         num_classes: 10
-        pool_size: 5000
-        refresh_every: 5
+        strategy: 'ReRenderStrategy'   # its knobs (candidates, ...) sit beside the wrapper's own
+        candidates: 2
+        pool_size: 2000
+        refresh_every: 0               # one pool for the run
         confidence_threshold: 0.5
         artifact_path: './resource/mismatch/fashion_s1.pt'
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import warnings
-from typing import Any
+from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchdistill.datasets.registry import register_dataset, register_dataset_wrapper
 
-from .artifact import (config_fingerprint, load_artifact, model_fingerprint, package_versions,
-                       save_artifact, stale_reasons, tensor_fingerprint)
-from .generator import GENERATOR_DICT, build_generator, channel_range, channel_stats, fit_generator
-from .knobs import REQUIRED, ConfigError, Knob, check_registry_key, resolve_knobs
-from .latent import ClassLatentDistribution, TransformProposal, best_of_candidates, fit_latent, teacher_confidence
+from .artifact import (config_fingerprint, load_artifact, model_fingerprint, package_versions, save_artifact,
+                       stale_reasons, tensor_fingerprint)
+from .distributed import broadcast_object_from_rank0
+from .knobs import REQUIRED, ConfigError, Knob, closest_hint, resolve_knobs
 from .progress import is_main_process, progress_bar, timed_stage
+from .strategies import POOL_STRATEGY_DICT, PoolContext, PoolStrategy, get_pool_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -51,51 +57,44 @@ UNLABELLED = -1
 # Items hashed for the data fingerprint: enough to catch another subset, order or transform, cheap
 # enough for an ImageNet-sized folder (each item is one decode).
 FINGERPRINT_ITEMS = 256
+DEFAULT_STRATEGY = 'ReRenderStrategy'
+# Before 0.2 the wrapper's ``generator`` knob chose the pool's generator; these names keep such recipes working.
+LEGACY_GENERATORS = {'ImageTransformGenerator': ('ReRenderStrategy', {}), 'ConvCVAE': ('CVAEStrategy', {})}
 
 KNOBS = (
     Knob('num_classes', int, REQUIRED, low=2, doc='classes of the task; must equal the teacher\'s and the student\'s outputs'),
-    Knob('generator', str, 'ImageTransformGenerator', doc='registered generator builder (`register_generator`): ConvCVAE samples '
-         'new images from q_c; ImageTransformGenerator re-renders real images toward the teacher\'s domain'),
-    Knob('latent_dim', int, 16, low=1, doc='size of the latent code z; 16 fits 28x28 grey images, raise it for RGB'),
-    Knob('base_channels', int, 32, low=1, doc='width of the generator\'s first convolution (doubled once)'),
-    Knob('fit_steps', int, 1500, low=0, doc='Adam steps fitting the generator (negative ELBO)'),
-    Knob('fit_lr', float, 2e-3, low=0, low_open=True, doc='learning rate of the generator fit'),
-    Knob('fit_batch_size', int, 128, low=1, doc='batch size of the generator fit'),
-    Knob('learn_latent', bool, True, doc='fit q_c toward the teacher; False samples N(0, I) (ablation)'),
-    Knob('latent_steps', int, 200, low=0, doc='Adam steps fitting q_c'),
-    Knob('latent_lr', float, 0.05, low=0, low_open=True, doc='learning rate of the q_c fit'),
-    Knob('kl_weight', float, 1.0, low=0, doc='lambda: weight of KL(q_c || N(0, I)); keeps samples diverse'),
+    Knob('strategy', str, DEFAULT_STRATEGY,
+         doc='registered pool strategy (`register_pool_strategy`): ReRenderStrategy re-renders real images toward '
+             'the teacher\'s domain; CVAEStrategy samples new images from a conditional VAE. Its own knobs sit '
+             'beside these (docs/knobs.md)'),
+    Knob('generator', str, None, nullable=True,
+         doc='before 0.2 this chose the generator: ImageTransformGenerator now means strategy ReRenderStrategy, '
+             'any other name CVAEStrategy with that architecture; write `strategy` instead'),
     Knob('pool_size', int, 2000, low=1, doc='images generated per refresh, before the confidence filter'),
-    Knob('refresh_every', int, 3, low=1,
-         doc='epochs between pool refreshes; a refresh costs pool_size x candidates teacher passes (at the '
-             'defaults about 0.7 of a KD epoch on 6,000 images); long runs can refresh less often'),
+    Knob('refresh_every', int, 0, low=0,
+         doc='epochs between pool refreshes; 0 = one pool for the whole run. A pool costs pool_size x '
+             'candidates teacher passes (at the defaults 4,000: two thirds of a KD epoch on 6,000 images); '
+             'refreshing every 2 epochs cost as much as it gave at equal compute (docs/method.md)'),
     Knob('confidence_threshold', float, 0.5, low=0, high=1, doc='tau: keep an image when p_T(its class) >= tau'),
     Knob('class_prior', str, 'uniform', choices=('uniform', 'data', 'inverse'),
          doc='class proportions of the pool: uniform, as in the real data, or inverse to it (rebalancing)'),
-    Knob('candidates', int, 4, low=1,
-         doc='anchored generators: renderings per real image, the first the image itself; the teacher picks '
-             'one by candidate_choice. Each costs a teacher pass; 2 lost 2 points under covariate shift '
-             '(docs/method.md)'),
-    Knob('candidate_choice', str, 'passing', choices=('best', 'passing'),
-         doc='anchored generators: keep the most probable candidate, or a random one passing the threshold'),
-    Knob('proposal_rounds', int, 2, low=0,
-         doc='anchored generators: cross-entropy-method rounds fitting q_c (the latent fit); each costs '
-             'pool_size x candidates teacher passes'),
-    Knob('mixup_alpha', float, 1.0, low=0, doc='serve generated items mixed with a real image, lambda ~ Beta(alpha, alpha); 0 = off'),
-    Knob('mixup_fraction', float, 0.5, low=0, high=1, doc='share of served generated items that are mixed when mixup_alpha > 0'),
-    Knob('generation_batch_size', int, 512, low=1, doc='batch size of pool generation and teacher labelling'),
-    Knob('artifact_path', str, None, nullable=True, doc='where to save/load the fitted generator; empty = refit each run'),
+    Knob('mixup_alpha', float, 1.0, low=0,
+         doc='serve generated items mixed with a real image, lambda ~ Beta(alpha, alpha); 0 = off'),
+    Knob('mixup_fraction', float, 0.5, low=0, high=1,
+         doc='share of served generated items that are mixed when mixup_alpha > 0'),
+    Knob('generation_batch_size', int, 512, low=1, doc='images per teacher pass in fitting and pool generation'),
+    Knob('artifact_path', str, None, nullable=True, doc='where to save/load the fitted strategy; empty = refit each run'),
     Knob('seed', int, 0, low=0, doc='seed of fitting and pool sampling (pools are identical across ranks)'),
 )
 
 
-def _labels_of(dataset: Dataset) -> torch.Tensor:
+def labels_of(dataset: Dataset) -> torch.Tensor:
     """All labels of ``dataset``, from ``targets`` when it has them (no image decode), else by iteration."""
     targets = getattr(dataset, 'targets', None)
     if targets is not None and len(targets) == len(dataset):
         return torch.as_tensor(targets).long().flatten()
     if isinstance(dataset, Subset):  # torch's Subset has no targets: take its parent's, by index
-        return _labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
 
 
@@ -109,18 +108,72 @@ def _data_fingerprint(dataset: Dataset, labels: torch.Tensor) -> str:
     return tensor_fingerprint([labels, torch.tensor([n])] + [(t * 256).round() for t in items])
 
 
-class _RealOnly(Dataset):
-    """The wrapped dataset as (image, label) pairs for the fitting loader."""
+@contextlib.contextmanager
+def _isolated_fp32(seed: int, device: torch.device) -> Iterator[None]:
+    """Seeded randomness that leaves torch's global RNG as it was, and fp32 whatever autocast surrounds it.
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    Fitting runs on rank 0 only, and only when no fresh artifact exists: drawing from the global RNG there
+    would make the training that follows depend on the cache. The fit is the same with or without AMP
+    training, as ``prepare`` (which has no autocast) fits it.
+    """
+    cuda_devices = [device] if device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=cuda_devices), torch.autocast(device.type, enabled=False):
+        torch.manual_seed(seed)
+        yield
 
-    def __len__(self) -> int:
-        return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        image, label = self.dataset[index][:2]
-        return image, int(label)
+def _strategy_choice(config: dict[str, Any], strategy_kwargs: dict[str, Any], where: str) -> str:
+    """The strategy key, with the pre-0.2 ``generator`` knob translated (and a warning saying what to type)."""
+    legacy = config['generator']
+    if legacy is None:
+        return config['strategy']
+    key, extra = LEGACY_GENERATORS.get(legacy, ('CVAEStrategy', {'architecture': legacy}))
+    strategy_kwargs.update({k: v for k, v in extra.items() if k not in strategy_kwargs})
+    warnings.warn(f'{where}.generator = {legacy!r} is the pre-0.2 spelling; write strategy: {key!r}'
+                  + (f" and architecture: {legacy!r}" if key == 'CVAEStrategy' and legacy != 'ConvCVAE' else ''),
+                  FutureWarning, stacklevel=3)
+    return key
+
+
+def _own_strategy_kwargs(key: str, strategy_kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The chosen strategy's knobs among ``strategy_kwargs``.
+
+    A knob of another registered strategy is ignored with a warning that names its owner (recipes written
+    for one strategy keep working with another, and nothing is dropped unsaid); a knob of no one is a typo.
+    """
+    own = {knob.name for knob in POOL_STRATEGY_DICT[key].KNOBS}
+    kept = {}
+    for name, value in strategy_kwargs.items():
+        if name in own:
+            kept[name] = value
+            continue
+        owners = [k for k, cls in POOL_STRATEGY_DICT.items() if name in {knob.name for knob in cls.KNOBS}]
+        if not owners:
+            accepted = sorted(own | {knob.name for knob in KNOBS})
+            raise ConfigError(f'{where}.{name}: unknown key{closest_hint(name, accepted)} Accepted keys for '
+                              f'strategy {key!r}: {", ".join(accepted)}')
+        warnings.warn(f'{where}.{name}: a knob of strategy {owners[0]!r}, ignored by the chosen {key!r}; '
+                      f'remove it, or set strategy: {owners[0]!r}', UserWarning, stacklevel=3)
+    return kept
+
+
+def resolve_wrapper_kwargs(kwargs: Mapping[str, Any], where: str = WRAPPER_PATH
+                           ) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Validates a wrapper's kwargs without any data: (wrapper knobs, strategy key, the strategy's knobs).
+
+    What the constructor checks first, and what the recipe check calls for every rendered recipe.
+
+    Raises:
+        ConfigError: naming ``where`` and the key, for an unknown key, a bad value or an unknown strategy.
+    """
+    names = {knob.name for knob in KNOBS}
+    rest = {k: v for k, v in kwargs.items() if k not in names}
+    config = resolve_knobs(KNOBS, {k: v for k, v in kwargs.items() if k in names}, where)
+    key = _strategy_choice(config, rest, where)
+    strategy_class = get_pool_strategy(key, f'{where}.strategy')
+    strategy_kwargs = _own_strategy_kwargs(key, rest, where)
+    resolve_knobs(strategy_class.KNOBS, strategy_kwargs, where)
+    return config, key, strategy_kwargs
 
 
 @register_dataset
@@ -129,22 +182,36 @@ class GeneratorAuxiliaryDataset(Dataset):
     """Real samples plus a teacher-filtered generated pool (see the module docstring for the flow).
 
     Args:
-        org_dataset: the student's real training set, yielding (image tensor, int label).
-        **kwargs: the knobs in :data:`KNOBS` (documented in docs/knobs.md).
+        org_dataset: the student's real training set, yielding (C x H x W tensor, int label).
+        num_classes: classes of the task.
+        strategy: the registered pool strategy (:mod:`torchdistill_mismatch.strategies`).
+        pool_size, refresh_every, confidence_threshold, class_prior, mixup_alpha, mixup_fraction,
+        generation_batch_size, artifact_path, seed, generator: see :data:`KNOBS` and docs/knobs.md.
+        **strategy_kwargs: the chosen strategy's own knobs (its ``KNOBS``).
 
     Raises:
         ConfigError: for an unknown knob, a bad value, or labels outside ``[0, num_classes)``.
     """
     KNOBS = KNOBS
+    # The recipe check calls this instead of checking KNOBS alone: the chosen strategy's knobs sit beside ours.
+    check_kwargs = staticmethod(resolve_wrapper_kwargs)
 
-    def __init__(self, org_dataset: Dataset, **kwargs: Any):
-        self.config = resolve_knobs(KNOBS, kwargs, WRAPPER_PATH)
-        check_registry_key(self.config['generator'], GENERATOR_DICT, WRAPPER_PATH + '.generator')
+    def __init__(self, org_dataset: Dataset, num_classes: int | None = None, strategy: str = DEFAULT_STRATEGY,
+                 pool_size: int = 2000, refresh_every: int = 0, confidence_threshold: float = 0.5,
+                 class_prior: str = 'uniform', mixup_alpha: float = 1.0, mixup_fraction: float = 0.5,
+                 generation_batch_size: int = 512, artifact_path: str | None = None, seed: int = 0,
+                 generator: str | None = None, **strategy_kwargs: Any):
+        self.config, self.strategy_key, self.strategy_kwargs = resolve_wrapper_kwargs(dict(
+            strategy_kwargs, num_classes=num_classes, strategy=strategy, generator=generator, pool_size=pool_size,
+            refresh_every=refresh_every, confidence_threshold=confidence_threshold, class_prior=class_prior,
+            mixup_alpha=mixup_alpha, mixup_fraction=mixup_fraction, generation_batch_size=generation_batch_size,
+            artifact_path=artifact_path, seed=seed))
+        self.strategy_class = get_pool_strategy(self.strategy_key)
         if len(org_dataset) == 0:
             raise ConfigError(f'{WRAPPER_PATH}: the wrapped dataset is empty')
         self.org_dataset = org_dataset
         self.num_classes = self.config['num_classes']
-        self.labels = _labels_of(org_dataset)
+        self.labels = labels_of(org_dataset)
         if int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes:
             raise ConfigError(f'{WRAPPER_PATH}.num_classes = {self.num_classes}: the data has labels in '
                               f'[{int(self.labels.min())}, {int(self.labels.max())}]; set num_classes to '
@@ -154,8 +221,9 @@ class GeneratorAuxiliaryDataset(Dataset):
             raise ConfigError(f'{WRAPPER_PATH}: samples must be CxHxW tensors (add ToTensor to the dataset '
                               f'transform); got {type(first).__name__} {getattr(first, "shape", "")}')
         self.image_shape = tuple(first.shape)
-        self.generator_model = None
-        self.latent = None
+        # Built here, before any data is read, so that a bad strategy knob fails at YAML-parsing time.
+        self.strategy: PoolStrategy = self._build_strategy()
+        self.fitted = False
         self.pool_images = torch.empty(0, *self.image_shape)
         self.pool_labels = torch.empty(0, dtype=torch.long)
         self.pool_confidence = torch.empty(0)
@@ -218,9 +286,9 @@ class GeneratorAuxiliaryDataset(Dataset):
             seed = hash((self.config['seed'], self.current_epoch, tuple(pool_j))) & 0x7FFF_FFFF_FFFF_FFFF
             rng = torch.Generator().manual_seed(seed)
             mixed = torch.rand(len(pool_j), generator=rng) < self.config['mixup_fraction']
-            # Beta(a, a) from uniforms drawn with ``rng`` (torch's Beta takes no generator).
-            lam = _beta_from_uniforms(torch.rand(2, len(pool_j), generator=rng).clamp(1e-6, 1 - 1e-6),
-                                      self.config['mixup_alpha'])
+            # torch's Beta takes no generator: numpy's exact Beta(a, a) draw, seeded from the same seed.
+            lam = torch.from_numpy(np.random.default_rng(seed).beta(
+                self.config['mixup_alpha'], self.config['mixup_alpha'], size=len(pool_j))).float()
             partners = torch.randint(self.pool_offset, (len(pool_j),), generator=rng)
             at = torch.nonzero(mixed).flatten()
             if len(at):
@@ -233,106 +301,31 @@ class GeneratorAuxiliaryDataset(Dataset):
                 for k, is_mixed in enumerate(mixed.tolist())]
 
     # -- fitting ---------------------------------------------------------------------------------------
-    def _generator_config(self) -> dict[str, Any]:
-        keys = ('generator', 'latent_dim', 'base_channels', 'fit_steps', 'fit_lr', 'fit_batch_size',
-                'learn_latent', 'latent_steps', 'latent_lr', 'kl_weight', 'seed', 'candidates', 'proposal_rounds')
-        return {k: self.config[k] for k in keys}
+    def _build_strategy(self) -> PoolStrategy:
+        # Under the fit's seed: the strategy's initial weights must not depend on, or move, the global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config['seed'])
+            return self.strategy_class.from_knobs(self.image_shape, self.num_classes, self.strategy_kwargs,
+                                                  WRAPPER_PATH)
 
-    def _build(self) -> None:
-        self.generator_model = build_generator(self.config['generator'], self.image_shape, self.num_classes,
-                                               latent_dim=self.config['latent_dim'],
-                                               base_channels=self.config['base_channels'])
-        if self.anchored:
-            self.latent = TransformProposal(self.num_classes)
-        else:
-            self.latent = ClassLatentDistribution(self.num_classes, self.config['latent_dim'])
-
-    @property
-    def anchored(self) -> bool:
-        """True when the generator re-renders real images (G(x, theta)) instead of decoding a latent alone."""
-        return bool(getattr(GENERATOR_DICT[self.config['generator']], 'anchored', False))
+    def _context(self, teacher: nn.Module, device: torch.device) -> PoolContext:
+        config = self.config
+        return PoolContext(
+            dataset=self.org_dataset, labels=self.labels, num_classes=self.num_classes, teacher=teacher,
+            device=device, class_prior=self.class_prior(), pool_size=config['pool_size'],
+            confidence_threshold=config['confidence_threshold'],
+            generation_batch_size=config['generation_batch_size'], seed=config['seed'], timings=self.timings,
+            history=self.history)
 
     def fingerprints(self, teacher: nn.Module) -> dict[str, str]:
+        """What the artifact must match to be reused: the data, the teacher, and what changes the fit."""
         return {'data': _data_fingerprint(self.org_dataset, self.labels), 'teacher': model_fingerprint(teacher),
-                'config': config_fingerprint(self._generator_config())}
-
-    def _fit(self, teacher: nn.Module, device: torch.device) -> None:
-        config = self.config
-        torch.manual_seed(config['seed'])
-        loader = DataLoader(_RealOnly(self.org_dataset), batch_size=min(config['fit_batch_size'], len(self)),
-                            shuffle=True, drop_last=True)
-        if self.anchored:
-            self._fit_anchored(teacher, device, loader)
-            return
-        with timed_stage('generator_fit', self.timings):
-            bar = progress_bar(config['fit_steps'], 'fit generator')
-            self.history['negative_elbo'] = fit_generator(
-                self.generator_model, loader, config['fit_steps'], config['fit_lr'], device,
-                progress=lambda step, elapsed: bar.update(1))
-            bar.close()
-        if config['learn_latent']:
-            with timed_stage('latent_fit', self.timings):
-                bar = progress_bar(config['latent_steps'], 'fit latent')
-                self.history['latent_objective'] = fit_latent(
-                    self.latent, self.generator_model, teacher, config['latent_steps'], config['latent_lr'],
-                    config['kl_weight'], min(config['generation_batch_size'], 256), device,
-                    progress=lambda step, elapsed: bar.update(1))
-                bar.close()
-
-    def _fit_anchored(self, teacher: nn.Module, device: torch.device, loader: DataLoader) -> None:
-        """Data range for the renderer, then q_c by the cross-entropy method on the student's images."""
-        with timed_stage('generator_fit', self.timings):
-            self.generator_model.set_data_stats(*channel_stats(loader, device))
-            self.generator_model.set_data_range(*channel_range(loader, device))
-        if not self.config['learn_latent']:
-            return
-        rng = torch.Generator(device=device).manual_seed(self.config['seed'])
-        with timed_stage('latent_fit', self.timings):
-            bar = progress_bar(self.config['proposal_rounds'], 'fit proposal')
-            rates = []
-            for _ in range(self.config['proposal_rounds']):
-                indices = self._draw_real_indices(min(self.config['pool_size'], 2000), rng)
-                images, labels = self._real_batch(indices, device)
-                thetas, confidences = [], []
-                for chunk in torch.arange(len(indices)).split(self._anchored_chunk()):
-                    _, theta, confidence = best_of_candidates(
-                        self.generator_model, self.latent, teacher, images[chunk], labels[chunk],
-                        self.config['candidates'], rng, self.config['candidate_choice'],
-                        self.config['confidence_threshold'])
-                    thetas.append(theta)
-                    confidences.append(confidence)
-                theta, confidence = torch.cat(thetas), torch.cat(confidences)
-                rates.append(float((confidence >= self.config['confidence_threshold']).float().mean()))
-                # Elites: the chosen candidate (candidate_choice) of each image that the teacher accepts.
-                elite = confidence >= self.config['confidence_threshold']
-                self.latent.refit(theta[elite], labels[elite])
-                bar.update(1)
-            bar.close()
-            self.history['latent_objective'] = rates
-
-    def _anchored_chunk(self) -> int:
-        """Real images per teacher pass of the search: each brings ``candidates`` renderings, so a pass
-        holds about ``generation_batch_size`` images, in the latent fit and the pool alike."""
-        return max(1, self.config['generation_batch_size'] // self.config['candidates'])
-
-    def _draw_real_indices(self, count: int, rng: torch.Generator) -> torch.Tensor:
-        """``count`` real indices whose classes follow the class prior (uniform within a class)."""
-        device = rng.device
-        labels = torch.multinomial(self.class_prior().to(device), count, replacement=True, generator=rng).cpu()
-        by_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
-        present = torch.tensor([len(ix) > 0 for ix in by_class])
-        # A class absent from the real data cannot anchor a rendering: draw it from the present ones.
-        labels = torch.where(present[labels], labels, torch.nonzero(present).flatten()[labels % int(present.sum())])
-        offsets = (torch.rand(count, generator=rng, device=device).cpu()
-                   * torch.tensor([len(by_class[c]) for c in labels.tolist()])).long()
-        return torch.stack([by_class[c][o] for c, o in zip(labels.tolist(), offsets.tolist())])
-
-    def _real_batch(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([torch.as_tensor(self.org_dataset[i][0]) for i in indices.tolist()]).to(device)
-        return images.float(), self.labels[indices].to(device)
+                'config': config_fingerprint(self.strategy.fit_config(self.config))}
 
     def fit(self, teacher: nn.Module, device: torch.device | str = 'cpu') -> None:
-        """Fits (or loads) the generator and latent distribution; rank 0 fits, other ranks receive its state.
+        """Fits (or loads) the pool strategy; rank 0 fits, other ranks receive its state.
+
+        The fit runs in fp32 under a seeded RNG of its own (see :func:`_isolated_fp32`).
 
         Args:
             teacher: the frozen teacher (put in eval mode here).
@@ -341,35 +334,29 @@ class GeneratorAuxiliaryDataset(Dataset):
         device = torch.device(device)
         teacher.eval()
         self._check_teacher(teacher, device)
-        self._build()
         state = None
         if is_main_process():
             expected = self.fingerprints(teacher)
             state = self._load_if_fresh(expected)
             if state is None:
-                self.generator_model.to(device)
-                self.latent.to(device)
-                self._fit(teacher, device)
-                state = {'generator': _cpu_state(self.generator_model), 'latent': _cpu_state(self.latent)}
-                metadata = {'fingerprints': expected, 'config': self._generator_config(),
-                            'image_shape': list(self.image_shape), 'num_classes': self.num_classes,
-                            'versions': package_versions(), 'history_last': {
-                                k: v[-1] for k, v in self.history.items() if v}}
+                self.strategy.to(device)
+                with _isolated_fp32(self.config['seed'], device):
+                    self.strategy.fit(self._context(teacher, device))
+                state = {k: v.detach().to('cpu').clone() for k, v in self.strategy.state_dict().items()}
+                metadata = {'fingerprints': expected, 'config': self.strategy.fit_config(self.config),
+                            'strategy': self.strategy_key, 'image_shape': list(self.image_shape),
+                            'num_classes': self.num_classes, 'versions': package_versions(),
+                            'history_last': {k: v[-1] for k, v in self.history.items() if v}}
                 if self.config['artifact_path']:
-                    save_artifact(self.config['artifact_path'], state['generator'], state['latent'], metadata)
+                    save_artifact(self.config['artifact_path'], state, metadata)
                     logger.info('[torchdistill_mismatch] saved artifact to %s', self.config['artifact_path'])
-        state = _broadcast_from_rank0(state)
-        self.generator_model.load_state_dict(state['generator'])
-        self.latent.load_state_dict(state['latent'])
-        self.generator_model.to(device).eval()
-        self.latent.to(device).eval()
+        self.strategy.load_state_dict(broadcast_object_from_rank0(state))
+        self.strategy.to(device).eval()
+        self.fitted = True
 
     def _load_if_fresh(self, expected: dict[str, str]) -> dict | None:
         path = self.config['artifact_path']
-        if not path:
-            return None
-        import os
-        if not os.path.exists(path):
+        if not path or not os.path.exists(path):
             return None
         payload = load_artifact(path)
         reasons = stale_reasons(payload['metadata'], expected)
@@ -378,7 +365,7 @@ class GeneratorAuxiliaryDataset(Dataset):
                           stacklevel=2)
             return None
         logger.info('[torchdistill_mismatch] reusing artifact %s', path)
-        return {'generator': payload['generator'], 'latent': payload['latent']}
+        return payload['state']
 
     @torch.no_grad()
     def _check_teacher(self, teacher: nn.Module, device: torch.device) -> None:
@@ -401,63 +388,35 @@ class GeneratorAuxiliaryDataset(Dataset):
         return prior / prior.sum()
 
     @torch.no_grad()
-    def refresh_pool(self, teacher: nn.Module, device: torch.device | str = 'cpu', refresh_index: int = 0) -> None:
-        """Samples a new pool from q_c, labels it with the teacher once, keeps confident images.
+    def generate_pool(self, teacher: nn.Module, device: torch.device | str = 'cpu', refresh_index: int = 0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A pool as :meth:`refresh_pool` makes it, returned instead of installed (the dataset is unchanged).
 
         The pool depends only on ``seed`` and ``refresh_index``, so every rank builds the same pool.
+
+        Returns:
+            (kept images in fp32 on the CPU, their classes, their teacher confidence, the classes of every
+            generated image before the filter).
         """
-        if self.generator_model is None:
-            raise RuntimeError('refresh_pool() before fit(); the pre-epoch process calls fit() first')
+        if not self.fitted:
+            raise RuntimeError('a pool before fit(); the pre-epoch process calls fit() first')
         device = torch.device(device)
-        config = self.config
         teacher.eval()
-        rng = torch.Generator(device=device).manual_seed(config['seed'] * 1_000_003 + refresh_index)
+        rng = torch.Generator(device=device).manual_seed(self.config['seed'] * 1_000_003 + refresh_index)
+        bar = progress_bar(self.config['pool_size'], 'generate pool')
+        images, labels, confidence = self.strategy.generate(self._context(teacher, device), rng, bar.update)
+        bar.close()
+        keep = confidence >= self.config['confidence_threshold']
+        # fp32 on the host whatever the autocast dtype: the loader collates pool and real images together.
+        return (images[keep].float().cpu(), labels[keep].cpu(), confidence[keep].float().cpu(), labels.cpu())
+
+    def refresh_pool(self, teacher: nn.Module, device: torch.device | str = 'cpu', refresh_index: int = 0) -> None:
+        """Generates a new pool (see :meth:`generate_pool`), installs it and records its pass rate."""
         with timed_stage('pool_generation', self.timings):
-            bar = progress_bar(config['pool_size'], 'generate pool')
-            if self.anchored:
-                images, labels, confidence = self._render_anchored(teacher, device, rng, bar)
-            else:
-                images, labels, confidence = self._decode_latent(teacher, device, rng, bar)
-            bar.close()
-            drawn = labels
-            keep = confidence >= config['confidence_threshold']
-            images, labels, confidence = images[keep], labels[keep], confidence[keep]
-            # fp32 on the host whatever the autocast dtype: the loader collates pool and real images together.
-            self.pool_images = images.float().cpu()
-            self.pool_labels, self.pool_confidence = labels.cpu(), confidence.float().cpu()
+            self.pool_images, self.pool_labels, self.pool_confidence, drawn = self.generate_pool(
+                teacher, device, refresh_index)
         self.pool_refresh_count += 1
-        self._log_pool(drawn.cpu())
-
-    def _decode_latent(self, teacher: nn.Module, device: torch.device, rng: torch.Generator, bar):
-        """z ~ q_c for labels drawn from the class prior, decoded and scored by the teacher."""
-        labels = torch.multinomial(self.class_prior().to(device), self.config['pool_size'], replacement=True,
-                                   generator=rng)
-        images, confidence = [], []
-        for chunk in labels.split(self.config['generation_batch_size']):
-            decoded = self.generator_model.decode(self.latent.sample(chunk, rng), chunk)
-            images.append(decoded)
-            confidence.append(teacher_confidence(teacher, decoded, chunk))
-            bar.update(chunk.numel())
-        return torch.cat(images), labels, torch.cat(confidence)
-
-    def _render_anchored(self, teacher: nn.Module, device: torch.device, rng: torch.Generator, bar):
-        """Real images drawn by the class prior, each re-rendered as the best of ``candidates`` draws of q_c."""
-        indices = self._draw_real_indices(self.config['pool_size'], rng)
-        images, labels, confidence = [], [], []
-        for chunk in indices.split(self._anchored_chunk()):
-            real, chunk_labels = self._real_batch(chunk, device)
-            if self.config['learn_latent']:
-                rendered, _, chunk_conf = best_of_candidates(
-                    self.generator_model, self.latent, teacher, real, chunk_labels, self.config['candidates'], rng,
-                    self.config['candidate_choice'], self.config['confidence_threshold'])
-            else:  # ablation: one draw from the prior, no search
-                rendered = self.generator_model.render(real, self.latent.sample(chunk_labels, rng))
-                chunk_conf = teacher_confidence(teacher, rendered, chunk_labels)
-            images.append(rendered)
-            labels.append(chunk_labels)
-            confidence.append(chunk_conf)
-            bar.update(chunk.numel())
-        return torch.cat(images), torch.cat(labels), torch.cat(confidence)
+        self._log_pool(drawn)
 
     def _log_pool(self, drawn: torch.Tensor) -> None:
         kept = torch.bincount(self.pool_labels, minlength=self.num_classes)
@@ -470,45 +429,23 @@ class GeneratorAuxiliaryDataset(Dataset):
             empty = [c for c in range(self.num_classes) if total[c] > 0 and kept[c] == 0]
             if empty:
                 logger.warning('[torchdistill_mismatch] the confidence filter removed every generated image of '
-                               'classes %s; lower confidence_threshold or refit the latent', empty)
+                               'classes %s; lower confidence_threshold or change the strategy', empty)
 
     def prepare_epoch(self, teacher: nn.Module, device: torch.device | str, epoch: int) -> None:
         """Called by the pre-epoch process: fit on first use, then refresh the pool on schedule."""
         self.current_epoch = epoch
-        if self.generator_model is None:
+        if not self.fitted:
             self.fit(teacher, device)
-        due = self.last_refresh_epoch is None or epoch - self.last_refresh_epoch >= self.config['refresh_every'] \
-            or epoch < self.last_refresh_epoch
+        every = self.config['refresh_every']
+        if every == 0:  # one pool for the whole run
+            due, refresh_index = self.last_refresh_epoch is None, 0
+        else:
+            due = self.last_refresh_epoch is None or epoch - self.last_refresh_epoch >= every \
+                or epoch < self.last_refresh_epoch
+            refresh_index = epoch // every
         if due:
-            self.refresh_pool(teacher, device, refresh_index=epoch // self.config['refresh_every'])
+            self.refresh_pool(teacher, device, refresh_index=refresh_index)
             self.last_refresh_epoch = epoch
-
-
-def _beta_from_uniforms(u: torch.Tensor, alpha: float) -> torch.Tensor:
-    """A mixing weight in (0, 1) from two uniforms, symmetric around 0.5 like Beta(alpha, alpha).
-
-    alpha = 1 (the default of mixup) is exact: Beta(1, 1) is uniform. Other alphas use Johnk's ratio
-    u^(1/a) / (u^(1/a) + v^(1/a)) without its rejection step: an approximation that keeps the right
-    tendency (small alpha: near 0 or 1; large alpha: near 0.5), documented as such in docs/knobs.md.
-    """
-    if alpha == 1.0:
-        return u[0]
-    a, b = u[0] ** (1 / alpha), u[1] ** (1 / alpha)
-    return a / (a + b)
-
-
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to('cpu').clone() for k, v in module.state_dict().items()}
-
-
-def _broadcast_from_rank0(state: dict | None) -> dict:
-    """Sends rank 0's fitted state to every rank (fit once, never once per rank)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return state
-    box = [state]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def find_auxiliary_dataset(dataset: Dataset) -> GeneratorAuxiliaryDataset | None:

@@ -1,6 +1,8 @@
-"""Conditional generators fitted on the student's own data, and the small registry that picks one.
+"""Conditional generators G(z, y) fitted on the student's own data, and the small registry that picks one.
 
-The default, :class:`ConvCVAE`, is a convolutional conditional VAE (Sohn et al., NeurIPS 2015) sized from
+Used by :class:`~torchdistill_mismatch.strategies.CVAEStrategy` (``architecture`` knob). The package's
+default strategy re-renders real images instead (:mod:`torchdistill_mismatch.renderer`).
+:class:`ConvCVAE` is a convolutional conditional VAE (Sohn et al., NeurIPS 2015) sized from
 the image shape. Its decoder has a learned global variance (the "calibrated decoder" of the sigma-VAE,
 Rybkin et al., ICML 2021, https://arxiv.org/abs/2006.13202), which keeps samples sharper than a fixed
 unit variance and makes the negative ELBO a true likelihood bound we can report.
@@ -9,7 +11,7 @@ The generator works in the space the dataset returns (after ``ToTensor``/``Norma
 per channel with statistics measured at fit time. Generated images therefore come out in exactly the
 normalisation the real samples have, so the teacher and student see both alike.
 
-A stronger architecture plugs in with ``@register_generator`` and ``generator: {key: ...}`` in the YAML.
+A stronger architecture plugs in with ``@register_generator`` and ``architecture: 'ItsName'`` in the YAML.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .knobs import ConfigError
+from .registry import make_register
 
 GENERATOR_DICT: dict[str, Callable[..., 'ConditionalGenerator']] = {}
 
@@ -31,22 +34,16 @@ MAX_WORKING_SIDE = 64
 MIN_SIDE = 8
 
 
-def register_generator(arg=None, **kwargs):
-    """Registers a generator builder under its name (or ``key=``), as torchdistill's registries do."""
-    def _register(cls_or_func):
-        key = kwargs.get('key', cls_or_func.__name__)
-        GENERATOR_DICT[key] = cls_or_func
-        return cls_or_func
-    if callable(arg):
-        return _register(arg)
-    return _register
+register_generator = make_register(GENERATOR_DICT, 'generator')
+"""``@register_generator`` (or ``@register_generator(key='name')``) above a ConditionalGenerator subclass."""
 
 
 class ConditionalGenerator(nn.Module):
-    """Interface of a conditional generator G(z, y): what the latent fit, the pool and the tests use.
+    """Interface of a conditional generator G(z, y): what :class:`~torchdistill_mismatch.strategies.CVAEStrategy`
+    and the latent fit use. A subclass implements all three methods below.
 
-    The constructor checks the image shape and holds the data's per-channel statistics, which every
-    generator needs (the CVAE standardises with them, the renderer keeps its output in the data's range).
+    The constructor checks the image shape and holds the data's per-channel statistics (the generator
+    works standardised, so that its output comes back in exactly the dataset's normalisation).
     """
     latent_dim: int
     num_classes: int
@@ -62,12 +59,15 @@ class ConditionalGenerator(nn.Module):
         self.register_buffer('data_std', torch.ones(channels))
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """G(z, y) in the dataset's normalisation and image size."""
         raise NotImplementedError
 
     def encode(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior q(z | x, y) as (mean, log-variance)."""
         raise NotImplementedError
 
     def negative_elbo(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The fitting objective, averaged over the batch (nats per image)."""
         raise NotImplementedError
 
     def set_data_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -215,61 +215,6 @@ def fit_generator(generator: ConditionalGenerator, loader, steps: int, lr: float
     generator.eval()
     # One host sync at the end instead of one per step (keeps the GPU pipeline full).
     return torch.stack(history).tolist() if history else []
-
-
-TRANSFORM_PARAMS = ('flip', 'angle', 'sharpen')
-
-
-@register_generator
-class ImageTransformGenerator(ConditionalGenerator):
-    """An *anchored* generator: G(x, theta) re-renders a real student image under imaging conditions theta.
-
-    theta = (flip, angle, sharpen): ``flip`` in {0, 1} reverses intensities within the data's range,
-    ``angle`` rotates (radians), ``sharpen`` >= 0 is an unsharp mask's amount. These are common ways
-    imaging conditions differ (contrast polarity, orientation, focus). A distribution over theta learned
-    per class (:class:`~torchdistill_mismatch.latent.TransformProposal`) and a per-image choice of the
-    candidate the teacher classifies best *find* the teacher's domain for each student image instead of
-    filtering it out (DESIGN.md S2: a latent move under the image's own label, bounded by the prior).
-    It needs no fitting beyond the data's range, so it costs a few teacher passes, not a VAE fit.
-
-    Shifts outside this family (e.g. another sensor's noise) are not undone by it; use ``ConvCVAE``
-    there. Idea sources: spatial transformer networks (Jaderberg et al., NeurIPS 2015) for differentiable
-    re-rendering; the latent-move of FS-BBT (Nguyen et al., ECCV 2022) for searching under a fixed label.
-    """
-    anchored = True
-
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 3, **unused):
-        super().__init__(image_shape, num_classes)
-        channels = image_shape[0]
-        self.latent_dim = len(TRANSFORM_PARAMS)
-        self.register_buffer('data_low', torch.zeros(channels))
-        self.register_buffer('data_high', torch.ones(channels))
-
-    def set_data_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
-        self.data_low.copy_(low)
-        self.data_high.copy_(high)
-
-    def render(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """G(x, theta) for a batch of images (B, C, H, W) and parameters (B, 3)."""
-        low, high = self.data_low.view(1, -1, 1, 1), self.data_high.view(1, -1, 1, 1)
-        flip, angle, sharpen = theta[:, 0] > 0.5, theta[:, 1], theta[:, 2].clamp_min(0)
-        x = torch.where(flip.view(-1, 1, 1, 1), low + high - images, images)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        affine = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
-                              torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
-        grid = F.affine_grid(affine, list(x.shape), align_corners=False)
-        # Rotate the offset from the darkest value so that uncovered corners get the background, not 0.
-        x = F.grid_sample(x - low, grid, align_corners=False, padding_mode='zeros') + low
-        blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode='replicate'), 3, stride=1)
-        x = x + sharpen.view(-1, 1, 1, 1) * (x - blurred)
-        return torch.maximum(torch.minimum(x, high), low)
-
-    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("generator = 'ImageTransformGenerator' re-renders real images and cannot decode a "
-                          "latent alone; it is driven by GeneratorAuxiliaryDataset's anchored pool")
-
-    def negative_elbo(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.zeros((), device=images.device)
 
 
 @torch.no_grad()

@@ -129,7 +129,9 @@ def resolve_knobs(knobs: Sequence[Knob], given: Mapping[str, Any], where: str) -
             raise ConfigError(f"{where}.{key}: unknown key{closest_hint(key, names)} Accepted keys: {', '.join(names)}")
     resolved = {}
     for knob in knobs:
-        if knob.name in given:
+        # An empty value of a required knob is as missing as an absent one (a typed signature's None default).
+        missing = given.get(knob.name) is None and knob.default is REQUIRED
+        if knob.name in given and not missing:
             resolved[knob.name] = check_value(knob, given[knob.name], where)
         elif knob.default is REQUIRED:
             raise ConfigError(f'{where}.{knob.name}: missing; it is required ({knob.accepted()})')
@@ -147,12 +149,21 @@ def closest_hint(value: Any, names: Iterable[Any]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ''
 
 
-def check_registry_key(value: str, registry: Mapping[str, Any] | Sequence[str], where: str) -> str:
-    """Checks that ``value`` names an entry of ``registry``; suggests the closest name when it does not."""
-    names = sorted(registry)
-    if value not in names:
-        raise ConfigError(f'{where} = {value!r}: unknown name{closest_hint(value, names)} Accepted: {", ".join(names)}')
-    return value
+def check_registry_key(value: Any, registry: Mapping[str, Any] | Iterable[Any], where: str,
+                       list_limit: int = 40) -> Any:
+    """Checks that ``value`` names an entry of ``registry``; suggests the closest name when it does not.
+
+    The one registry-key check of the package (recipes, components, suites). The accepted names are listed
+    when there are few enough to read (torchdistill's loss registry holds hundreds).
+
+    Raises:
+        ConfigError: ``where = value: unknown name; did you mean ...? Accepted: ...``.
+    """
+    names = sorted(str(n) for n in registry)
+    if value in names:
+        return value
+    listing = f' Accepted: {", ".join(names)}' if len(names) <= list_limit else f' ({len(names)} registered names)'
+    raise ConfigError(f'{where} = {value!r}: unknown name{closest_hint(value, names)}{listing}')
 
 
 def knob_table(knobs: Sequence[Knob]) -> str:

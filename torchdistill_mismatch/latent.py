@@ -1,4 +1,8 @@
-"""The learned sampling distribution: one diagonal Gaussian per class over the generator's latent space.
+"""The learned sampling distributions: per class, where to draw from so that the teacher knows the result.
+
+:class:`ClassLatentDistribution` (a diagonal Gaussian over a generator's latent space, for
+:class:`~torchdistill_mismatch.strategies.CVAEStrategy`) and :class:`TransformProposal` (a distribution
+over imaging conditions, for :class:`~torchdistill_mismatch.strategies.ReRenderStrategy`).
 
 This is the part of Nguyen et al. (ECML PKDD 2021, "Knowledge Distillation with Distribution Mismatch")
 that "learns a distribution ... from which images well classified by the teacher can be sampled". Our
@@ -11,19 +15,19 @@ and fitted with the reparameterisation trick to maximise
     - \\lambda\\, \\mathrm{KL}(q_c \\,\\|\\, \\mathcal{N}(0, I))
 
 with the teacher frozen in eval mode. The KL term keeps q_c near the data the generator was fitted on;
-without it q_c collapses onto a few prototypes (DESIGN.md, first prototype round).
+without it q_c collapses onto a few prototypes (docs/design.md, first prototype round).
 """
 from __future__ import annotations
 
-import math
 import time
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .generator import ConditionalGenerator
+from .renderer import DEFAULT_TRANSFORMS, TRANSFORMS
 
 
 class ClassLatentDistribution(nn.Module):
@@ -91,79 +95,65 @@ def fit_latent(latent: ClassLatentDistribution, generator: ConditionalGenerator,
 
 
 class TransformProposal(nn.Module):
-    """Per-class proposal distribution over an anchored generator's theta = (flip, angle, sharpen).
+    """Per-class proposal q_c over the re-renderer's theta, one distribution per transform of its family.
 
-    q_c: flip ~ Bernoulli(p_c), angle ~ N(mu_c, s_c^2), sharpen ~ |N(m_c, r_c^2)|. The prior (and the
-    initialisation) is flip ~ Bernoulli(0.5), angle ~ N(0, (pi/6)^2), sharpen ~ |N(0, 1)|. It is fitted by
-    the cross-entropy method (Rubinstein, 1999), which needs teacher forward passes only: draw candidates
-    for the student's images, keep per image the one the teacher finds most probable under the image's
-    own label, refit q_c to the kept ones.
+    A Gaussian N(mu_c, s_c^2) per continuous parameter, a Bernoulli(p_c) per binary one, initialised at
+    the family's prior (:data:`~torchdistill_mismatch.renderer.TRANSFORMS`). It is fitted by the
+    cross-entropy method (Rubinstein, 1999), which needs teacher forward passes only: draw candidates for
+    the student's images, keep per image one the teacher accepts under the image's own label, refit q_c to
+    the kept ones. Each mean stays within ``max_shift`` prior standard deviations of the prior's (the
+    bound on the move: a proposal that drifts further renders images no camera would take), and each
+    spread keeps at least ``MIN_STD_FRACTION`` of the prior's (a point mass would repeat one rendering).
+
+    Args:
+        num_classes: classes of the task.
+        transforms: the renderer's family, in its order.
+        max_shift: bound on each mean, in prior standard deviations.
     """
+    # Smallest spread a refit leaves, as a fraction of the prior's.
+    MIN_STD_FRACTION = 0.2
+    # Bernoulli probabilities stay inside this band: never rule a polarity in or out for good.
+    MIN_PROB = 0.02
 
-    def __init__(self, num_classes: int, prior_angle: float = math.pi / 6, prior_sharpen: float = 1.0):
+    def __init__(self, num_classes: int, transforms: Sequence[str] = DEFAULT_TRANSFORMS, max_shift: float = 3.0):
         super().__init__()
-        self.register_buffer('flip_prob', torch.full((num_classes,), 0.5))
-        self.register_buffer('angle_mean', torch.zeros(num_classes))
-        self.register_buffer('angle_std', torch.full((num_classes,), prior_angle))
-        self.register_buffer('sharpen_mean', torch.zeros(num_classes))
-        self.register_buffer('sharpen_std', torch.full((num_classes,), prior_sharpen))
+        specs = [TRANSFORMS[name] for name in transforms]
+        self.transforms = tuple(transforms)
+        self.max_shift = max_shift
+        binary = torch.tensor([spec.kind == 'bernoulli' for spec in specs])
+        prior_mean = torch.tensor([spec.prior_p if spec.kind == 'bernoulli' else 0.0 for spec in specs])
+        prior_std = torch.tensor([0.0 if spec.kind == 'bernoulli' else spec.prior_std for spec in specs])
+        self.register_buffer('binary', binary, persistent=False)
+        self.register_buffer('prior_mean', prior_mean, persistent=False)
+        self.register_buffer('prior_std', prior_std, persistent=False)
+        self.register_buffer('mean', prior_mean.repeat(num_classes, 1))
+        self.register_buffer('std', prior_std.repeat(num_classes, 1))
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        n, device = labels.shape[0], labels.device
-        flip = (torch.rand(n, device=device, generator=generator) < self.flip_prob[labels]).float()
-        angle = self.angle_mean[labels] + self.angle_std[labels] * torch.randn(n, device=device, generator=generator)
-        sharpen = (self.sharpen_mean[labels] + self.sharpen_std[labels]
-                   * torch.randn(n, device=device, generator=generator)).abs()
-        return torch.stack([flip, angle, sharpen], dim=1)
+        """theta ~ q_{labels}, shape (len(labels), number of transforms)."""
+        shape = (labels.shape[0], self.mean.shape[1])
+        mean, std = self.mean[labels], self.std[labels]
+        uniform = torch.rand(shape, device=labels.device, generator=generator)
+        normal = torch.randn(shape, device=labels.device, generator=generator)
+        return torch.where(self.binary, (uniform < mean).float(), mean + std * normal)
 
-    def refit(self, theta: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.7,
-              min_angle_std: float = math.radians(5), min_sharpen_std: float = 0.1) -> None:
+    def refit(self, theta: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.7) -> None:
         """Moves q_c toward the elite candidates ``theta`` of class ``labels`` (classes without any keep theirs)."""
+        low = torch.where(self.binary, torch.full_like(self.prior_mean, self.MIN_PROB),
+                          self.prior_mean - self.max_shift * self.prior_std)
+        high = torch.where(self.binary, torch.full_like(self.prior_mean, 1 - self.MIN_PROB),
+                           self.prior_mean + self.max_shift * self.prior_std)
         for c in labels.unique().tolist():
             elite = theta[labels == c]
             if elite.shape[0] < 2:
                 continue
-            mix = lambda old, new: smoothing * new + (1 - smoothing) * old  # noqa: E731
-            self.flip_prob[c] = mix(self.flip_prob[c], elite[:, 0].mean()).clamp(0.02, 0.98)
-            self.angle_mean[c] = mix(self.angle_mean[c], elite[:, 1].mean())
-            self.angle_std[c] = mix(self.angle_std[c], elite[:, 1].std()).clamp_min(min_angle_std)
-            self.sharpen_mean[c] = mix(self.sharpen_mean[c], elite[:, 2].mean())
-            self.sharpen_std[c] = mix(self.sharpen_std[c], elite[:, 2].std()).clamp_min(min_sharpen_std)
+            mean = smoothing * elite.mean(dim=0) + (1 - smoothing) * self.mean[c]
+            std = smoothing * elite.std(dim=0) + (1 - smoothing) * self.std[c]
+            self.mean[c] = torch.maximum(torch.minimum(mean, high), low)
+            self.std[c] = torch.where(self.binary, torch.zeros_like(std),
+                                      std.clamp_min(0).maximum(self.MIN_STD_FRACTION * self.prior_std))
 
 
 def teacher_confidence(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """p_T(label | image): the teacher's probability of each image's own label, in fp32 under any autocast."""
     return F.softmax(teacher(images).float(), dim=1).gather(1, labels[:, None]).squeeze(1)
-
-
-@torch.no_grad()
-def best_of_candidates(generator, proposal: TransformProposal, teacher: nn.Module, images: torch.Tensor,
-                       labels: torch.Tensor, candidates: int, rng: torch.Generator | None = None,
-                       choice: str = 'best', threshold: float = 0.5
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each image, ``candidates`` draws of theta (the first is the identity), scored by p_T(label | G(x, theta)).
-
-    Args:
-        choice: ``best`` keeps the candidate the teacher finds most probable; ``passing`` keeps a random
-            one among those scoring >= ``threshold``, preferring re-rendered ones over the identity, so that
-            in-domain data gains variety instead of collapsing onto copies of itself (the prototypes'
-            lesson: the top of the confidence scale is a few prototypes).
-
-    Returns:
-        (chosen rendered images, their theta, the teacher's probability of the label on them).
-    """
-    n = images.shape[0]
-    thetas = torch.stack([proposal.sample(labels, rng) for _ in range(candidates)], dim=1)  # (n, K, 3)
-    thetas[:, 0] = 0.0  # keep the image as it is when that already suits the teacher
-    rendered = generator.render(images.repeat_interleave(candidates, 0), thetas.flatten(0, 1))
-    confidence = teacher_confidence(teacher, rendered, labels.repeat_interleave(candidates)).view(n, candidates)
-    if choice == 'best':
-        best = confidence.argmax(dim=1)
-    else:
-        passing = confidence >= threshold
-        passing[:, 0] &= ~passing[:, 1:].any(dim=1)  # the identity only when nothing else passes
-        scores = torch.rand(confidence.shape, device=confidence.device, generator=rng) + passing.float() * 2
-        best = scores.argmax(dim=1)
-        best = torch.where(passing.any(dim=1), best, confidence.argmax(dim=1))
-    pick = torch.arange(n, device=images.device) * candidates + best
-    return rendered[pick], thetas.flatten(0, 1)[pick], confidence.flatten()[pick]

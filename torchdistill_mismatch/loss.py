@@ -65,7 +65,7 @@ class MismatchKDLoss(nn.Module):
     :math:`D_i = T^2\\,\\mathrm{KL}(p_T^T(x_i) \\| p_S^T(x_i))` and there is no batch term.
 
     Where the teacher agrees with the label the student learns the teacher's dark knowledge; where the
-    teacher is wrong (the image lies outside what it knows, DESIGN.md S2) the label takes over, in
+    teacher is wrong (the image lies outside what it knows, docs/design.md, covariate shift) the label takes over, in
     proportion to how rarely the teacher gets that class right on this data, and the wrong relations leave
     the intra-class correlation. Items without a hard label (``targets == -1``: mixes served by
     GeneratorAuxiliaryDataset) get w = 1 and no cross-entropy. Correlations rather than KL because they
@@ -76,7 +76,10 @@ class MismatchKDLoss(nn.Module):
     with Distribution Mismatch", ECML PKDD 2021, LNCS 12976, pp. 250-265.
 
     Args:
-        **kwargs: the knobs in :data:`KNOBS`.
+        student_module_path, student_module_io, teacher_module_path, teacher_module_io, divergence,
+        temperature, beta, gamma, label_weight, kappa, weighting, agreement_momentum, min_weight, reduction:
+            the knobs in :data:`KNOBS` (docs/knobs.md has each with its default and why).
+        **unknown: refused with a ConfigError naming the closest knob.
 
     Example YAML::
 
@@ -93,9 +96,20 @@ class MismatchKDLoss(nn.Module):
     """
     KNOBS = KNOBS
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, student_module_path: str = '.', student_module_io: str = 'output',
+                 teacher_module_path: str = '.', teacher_module_io: str = 'output', divergence: str = 'correlation',
+                 temperature: float = 4.0, beta: float = 2.0, gamma: float = 2.0, label_weight: float = 1.0,
+                 kappa: float = 1.0, weighting: str = 'class_agreement', agreement_momentum: float = 0.95,
+                 min_weight: float = 0.0, reduction: str = 'mean', **unknown: Any):
         super().__init__()
-        self.config = resolve_knobs(KNOBS, kwargs, LOSS_PATH)
+        # ``unknown`` only carries a misspelt key to resolve_knobs, whose error names it and the closest knob
+        # (torchdistill passes the YAML's kwargs as they are).
+        self.config = resolve_knobs(KNOBS, {**unknown, 
+            'student_module_path': student_module_path, 'student_module_io': student_module_io,
+            'teacher_module_path': teacher_module_path, 'teacher_module_io': teacher_module_io,
+            'divergence': divergence, 'temperature': temperature, 'beta': beta, 'gamma': gamma,
+            'label_weight': label_weight, 'kappa': kappa, 'weighting': weighting,
+            'agreement_momentum': agreement_momentum, 'min_weight': min_weight, 'reduction': reduction}, LOSS_PATH)
         self.temperature = self.config['temperature']
         self.kappa = self.config['kappa']
         self.min_weight = self.config['min_weight']

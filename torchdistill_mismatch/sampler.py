@@ -3,8 +3,10 @@
 torchdistill builds it as ``TeacherConfidenceBatchSampler(sampler, **kwargs)`` where ``sampler`` is the
 recipe's sampler (``RandomSampler``), or torchdistill's ``DistributedSampler`` in a distributed run. The
 real indices come from that sampler in its order, so each rank keeps its own disjoint shard of the
-real data. Each batch then gets ``round(batch_size * ratio)`` generated indices, drawn from the
-rank's shard of the pool (pool image j belongs to rank ``j % world_size``) with probability
+real data. With ``generated_within_batch`` (the default) a batch holds ``batch_size`` indices in all,
+``ratio`` generated per real one (96 real + 32 generated for 128 and 1/3), so that a step costs what a KD
+step costs; otherwise ``round(batch_size * ratio)`` generated indices come on top of ``batch_size`` real
+ones. Generated indices are drawn from the rank's shard of the pool (pool image j belongs to rank ``j % world_size``) with probability
 
 .. math::
 
@@ -20,8 +22,9 @@ Example YAML (under ``train.train_data_loader``)::
     batch_sampler:
       key: 'TeacherConfidenceBatchSampler'
       kwargs:
-        batch_size: 128
-        ratio: 0.5
+        batch_size: 128                 # images per step, as in the KD recipe
+        ratio: 0.3333                   # 96 real + 32 generated
+        generated_within_batch: true
         confidence_power: 1.0
 """
 from __future__ import annotations
@@ -39,8 +42,16 @@ from .knobs import REQUIRED, ConfigError, Knob, resolve_knobs
 SAMPLER_PATH = 'train.train_data_loader.batch_sampler.kwargs'
 
 KNOBS = (
-    Knob('batch_size', int, REQUIRED, low=1, doc='real samples per batch (as in the KD recipe, so steps match)'),
-    Knob('ratio', float, 0.5, low=0, high=1, doc='generated samples per real sample in a batch'),
+    Knob('batch_size', int, REQUIRED, low=1,
+         doc='real samples per batch (as in the KD recipe, so steps match); with generated_within_batch, all '
+             'samples of a batch'),
+    Knob('ratio', float, 1 / 3, low=0, high=1,
+         doc='generated samples per real sample in a batch (1/3: 96 real + 32 generated of 128)'),
+    Knob('generated_within_batch', bool, True,
+         doc='count generated samples inside batch_size (e.g. 96 real + 32 generated for 128 and ratio 1/3), so '
+             'a step costs what a KD step of batch_size costs; the epoch keeps KD\'s number of batches and so '
+             'sees a 1 / (1 + ratio) share of the real data, a new share each epoch. False adds them on top '
+             '(1.5x the images of a KD step at ratio 0.5: ahead at equal steps, behind at equal wall time)'),
     Knob('confidence_power', float, 1.0, low=0, doc='gamma: generated image j is drawn with weight c_j^gamma'),
     Knob('drop_last', bool, False, doc='drop the last incomplete batch of real samples'),
     Knob('seed', int, 0, low=0, doc='seed of the generated draws (mixed with the epoch and the rank)'),
@@ -58,15 +69,23 @@ class TeacherConfidenceBatchSampler(Sampler[list[int]]):
 
     Args:
         sampler: torchdistill's sampler over the ``GeneratorAuxiliaryDataset`` (its ``len`` = real samples).
-        **kwargs: the knobs in :data:`KNOBS`.
+        batch_size: real samples per batch (required).
+        ratio, confidence_power, generated_within_batch, drop_last, seed: see :data:`KNOBS` and docs/knobs.md.
+        **unknown: refused with a ConfigError naming the closest knob.
 
     Raises:
         ConfigError: for a bad knob, or when ``sampler`` does not run over a GeneratorAuxiliaryDataset.
     """
     KNOBS = KNOBS
 
-    def __init__(self, sampler: Sampler, **kwargs: Any):
-        self.config = resolve_knobs(KNOBS, kwargs, SAMPLER_PATH)
+    def __init__(self, sampler: Sampler, batch_size: int | None = None, ratio: float = 1 / 3,
+                 confidence_power: float = 1.0, generated_within_batch: bool = True, drop_last: bool = False,
+                 seed: int = 0, **unknown: Any):
+        # ``unknown`` only carries a misspelt key to resolve_knobs, whose error names it and the closest knob.
+        self.config = resolve_knobs(KNOBS, {**unknown, 'batch_size': batch_size, 'ratio': ratio,
+                                            'confidence_power': confidence_power,
+                                            'generated_within_batch': generated_within_batch, 'drop_last': drop_last,
+                                            'seed': seed}, SAMPLER_PATH)
         self.sampler = sampler
         dataset = getattr(sampler, 'data_source', None) or getattr(sampler, 'dataset', None)
         self.dataset: GeneratorAuxiliaryDataset | None = find_auxiliary_dataset(dataset)
@@ -74,7 +93,14 @@ class TeacherConfidenceBatchSampler(Sampler[list[int]]):
             raise ConfigError(f'{SAMPLER_PATH}: TeacherConfidenceBatchSampler needs '
                               "train.train_data_loader.dataset_wrapper.key: 'GeneratorAuxiliaryDataset'")
         self.batch_size = self.config['batch_size']
-        self.generated_per_batch = round(self.batch_size * self.config['ratio'])
+        ratio = self.config['ratio']
+        if self.config['generated_within_batch']:
+            self.generated_per_batch = round(self.batch_size * ratio / (1 + ratio))
+        else:
+            self.generated_per_batch = round(self.batch_size * ratio)
+        # Real samples per batch while the pool has images (without a pool a batch is batch_size real ones).
+        self.real_per_batch = self.batch_size - (self.generated_per_batch if self.config['generated_within_batch']
+                                                 else 0)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -107,13 +133,16 @@ class TeacherConfidenceBatchSampler(Sampler[list[int]]):
         num_batches = len(self)
         generated = self._generated_draws(num_batches * self.generated_per_batch)
         per_batch = self.generated_per_batch if generated else 0
+        real_per_batch = self.real_per_batch if generated else self.batch_size
         real_batch: list[int] = []
         batch_index = 0
         for index in self.sampler:
             real_batch.append(index)
-            if len(real_batch) == self.batch_size:
+            if len(real_batch) == real_per_batch:
                 yield real_batch + generated[batch_index * per_batch:(batch_index + 1) * per_batch]
                 batch_index += 1
                 real_batch = []
+                if batch_index == num_batches:  # within-batch generation: KD's number of steps, not more
+                    return
         if real_batch and not self.config['drop_last']:
             yield real_batch + generated[batch_index * per_batch:(batch_index + 1) * per_batch]
