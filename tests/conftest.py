@@ -40,7 +40,7 @@ def digits_teacher_ckpt(tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def digits_teacher(digits_teacher_ckpt) -> torch.nn.Module:
     from torchdistill_mismatch.models import lenet5
-    from torchdistill_mismatch.runner import load_checkpoint_weights
+    from torchdistill_mismatch.checkpoint import load_checkpoint_weights
 
     model = lenet5(num_classes=10, in_chans=1, width_mult=1.0, image_size=16)
     load_checkpoint_weights(model, digits_teacher_ckpt, 'teacher')

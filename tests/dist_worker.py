@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import load_method_config  # noqa: E402
 
 from torchdistill_mismatch.dataset import find_auxiliary_dataset  # noqa: E402
-from torchdistill_mismatch.runner import init_distributed, train_and_evaluate  # noqa: E402
+from torchdistill_mismatch.distributed import init_distributed  # noqa: E402
+from torchdistill_mismatch.runner import train_and_evaluate  # noqa: E402
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / 'configs' / 'demo'
 # Budgets cut so that a recipe trains in seconds; each substitution must match (a recipe change that
 # breaks one fails here rather than silently running the full budget).
-SMALL_BUDGET = {'num_epochs: 40': 'num_epochs: 2', 'T_max: 40': 'T_max: 2', 'fit_steps: 300': 'fit_steps: 20',
-                'latent_steps: 100': 'latent_steps: 10', 'pool_size: 1000': 'pool_size: 200'}
+SMALL_BUDGET = {'num_epochs: 40': 'num_epochs: 2', 'T_max: 40': 'T_max: 2', 'pool_size: 1000': 'pool_size: 200'}
+# Budgets only the method's recipe has.
+METHOD_ONLY = ('pool_size: 1000',)
 
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
@@ -36,7 +37,7 @@ def write_recipe(folder: Path, name: str, extra: dict[str, str] | None = None, f
     for old, new in {**({} if name == 'teacher' else SMALL_BUDGET), **(extra or {})}.items():
         if old in text:
             text = text.replace(old, new)
-        elif not (name == 'kd' and old in ('fit_steps: 300', 'latent_steps: 100', 'pool_size: 1000')):
+        elif not (name == 'kd' and old in METHOD_ONLY):
             raise AssertionError(f'{old!r} not in configs/demo/{name}.yaml')
     path = folder / (filename or f'{name}.yaml')
     path.write_text(text)
@@ -121,10 +122,8 @@ def test_bad_input_is_one_line_naming_the_key(case, workdir, capsys):
 
 @pytest.mark.parametrize('args, expected', [
     (['--world_size', '2'], '--world_size 2: start the processes with torchrun'),
-    (['--start_epoch', '-1'], '--start_epoch -1'),
     (['--device', 'tpu:x'], "--device 'tpu:x'"),
     (['--amp', 'fp16'], '--amp fp16: needs a GradScaler'),
-    (['--amp', 'fp8'], "--amp 'fp8': not a mode; use --amp bf16"),
 ])
 def test_bad_flag_is_one_line_naming_the_flag(args, expected, workdir, capsys):
     path = write_recipe(workdir, 'kd')
@@ -227,7 +226,7 @@ def test_torchrun_two_gloo_processes_train_one_student(workdir):
     ranks end with the same student, the one rank 0 saved."""
     from torchdistill_mismatch.artifact import model_fingerprint
     from torchdistill_mismatch.models import lenet5
-    from torchdistill_mismatch.runner import load_checkpoint_weights
+    from torchdistill_mismatch.checkpoint import load_checkpoint_weights
 
     recipe = write_recipe(workdir, 'mismatch')
     env = dict(os.environ, TORCHDISTILL_MISMATCH_PROGRESS='0', OMP_NUM_THREADS='1')

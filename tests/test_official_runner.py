@@ -136,7 +136,7 @@ def demo_workdir(tmp_path, monkeypatch, digits_teacher_ckpt) -> Path:
 
 def test_method_recipe_runs_unchanged_with_the_prepared_artifact(demo_workdir, caplog):
     from torchdistill_mismatch.cli import main
-    from torchdistill_mismatch.runner import load_checkpoint
+    from torchdistill_mismatch.checkpoint import load_checkpoint
 
     recipe = DEMO / 'mismatch.yaml'
     assert main(['prepare', '--config', str(recipe), '--device', 'cpu']) == 0
@@ -173,7 +173,7 @@ def test_builtin_kd_under_torchdistills_runner_moves_the_teacher_and_ours_does_n
     assert outcome['student_acc'] > 50
 
     from torchdistill_mismatch.models import lenet5
-    from torchdistill_mismatch.runner import load_checkpoint_weights
+    from torchdistill_mismatch.checkpoint import load_checkpoint_weights
     teacher = lenet5(num_classes=10, in_chans=1, width_mult=1.0, image_size=16)
     load_checkpoint_weights(teacher, 'resource/ckpt/demo/teacher.pt', 'teacher')
     config = load_yaml_file(str(recipe))

@@ -1,5 +1,9 @@
 """Interruption: a real child process SIGKILLed while fitting, refreshing the pool or writing the artifact
-leaves nothing a later run would take for good, and the rerun recovers."""
+leaves nothing a later run would take for good, and the rerun recovers.
+
+Marked slow: each case starts two interpreters and fits a generator twice (about a minute and a half for
+the four on 2 cores); ``./run.sh test`` and CI run them after the default suite.
+"""
 from __future__ import annotations
 
 import os
@@ -32,6 +36,7 @@ def _run(stage: str, artifact: Path, teacher: str, marker: Path) -> subprocess.P
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage', ['generator_fit', 'latent_fit', 'pool_refresh', 'artifact_write'])
 def test_a_kill_at_each_stage_leaves_nothing_stale_and_the_rerun_recovers(stage, teacher_file, tmp_path):
     artifact, marker = tmp_path / 'artifact.pt', tmp_path / 'paused'

@@ -132,7 +132,9 @@ def run_train(args: argparse.Namespace) -> int:
     from torch import distributed as dist
     from torchdistill.common.main_util import set_seed
 
-    from .runner import init_distributed, resolve_device, setup_logging, train_and_evaluate
+    from .distributed import init_distributed, resolve_device
+    from .progress import setup_logging
+    from .runner import train_and_evaluate
 
     if args.start_epoch < 0:
         raise ConfigError(f'--start_epoch {args.start_epoch}: must be 0 or more')
@@ -172,7 +174,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     """``prepare``: fit the generator artifact of a method recipe (one process)."""
     from torchdistill.common.main_util import set_seed
 
-    from .runner import prepare_artifact, resolve_device, setup_logging
+    from .distributed import resolve_device
+    from .progress import setup_logging
+    from .runner import prepare_artifact
 
     setup_logging(args.run_log)
     set_seed(args.seed)
@@ -199,10 +203,16 @@ def knob_sections() -> list[tuple[str, str, Any, str]]:
     from .dataset import WRAPPER_PATH, GeneratorAuxiliaryDataset
     from .loss import MismatchKDLoss
     from .sampler import SAMPLER_PATH, TeacherConfidenceBatchSampler
-    return [
+    from .strategies import POOL_STRATEGY_DICT
+    sections = [
         ('GeneratorAuxiliaryDataset', WRAPPER_PATH, GeneratorAuxiliaryDataset,
-         'The dataset wrapper: fits the generator and the per-class latent distribution on the student\'s data '
-         'and keeps the teacher-filtered pool.'),
+         'The dataset wrapper: serves the student\'s real data and the pool its strategy generates, keeping the '
+         'images the teacher accepts. The chosen strategy\'s own knobs (below) sit beside these.'),
+    ]
+    for key, strategy in sorted(POOL_STRATEGY_DICT.items()):
+        summary = (strategy.__doc__ or '').strip().splitlines()[0]
+        sections.append((f'strategy: {key}', WRAPPER_PATH, strategy, f'A pool strategy. {summary}'))
+    return sections + [
         ('TeacherConfidenceBatchSampler', SAMPLER_PATH, TeacherConfidenceBatchSampler,
          'The batch sampler: real samples from the recipe\'s sampler plus generated ones drawn by teacher '
          'confidence.'),
@@ -286,8 +296,9 @@ def run_bench(argv: Sequence[str]) -> int:
     except ModuleNotFoundError as error:
         if error.name != name:
             raise
-        print('error: bench: this installation has no torchdistill_mismatch/bench.py; the benchmark ships with '
-              'the source tree (git clone the project, then pip install -e .)', file=sys.stderr)
+        print('error: bench: this installation has no torchdistill_mismatch.bench (the bench/ package, bench.py '
+              'before it); reinstall the package (pip install torchdistill-mismatch, or pip install -e . in a '
+              'source checkout)', file=sys.stderr)
         return EXIT_BAD_INPUT
     if not (callable(getattr(bench, 'add_arguments', None)) and callable(getattr(bench, 'main', None))):
         print(f'error: bench: {name} defines no add_arguments(parser) and main(args)', file=sys.stderr)

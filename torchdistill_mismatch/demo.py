@@ -30,19 +30,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .io_util import atomic_write_text
 from .knobs import ConfigError
+from .resources import recipe_dir
 
 logger = logging.getLogger('torchdistill_mismatch')
 
 DEFAULT_OUTPUT = 'demo_output'
 # Three seeds: enough to show the spread, which on 171 images is a couple of points.
 DEFAULT_SEEDS = (0, 1, 2)
+# The demo's recipes: configs/demo of the source tree, shipped in the package (resources.py).
+RECIPE_FOLDER = 'demo'
 TEACHER_RECIPE = 'teacher'
 # (recipe file stem, row label), in the table's order.
 STUDENT_RECIPES = (('student', 'student alone'), ('kd', 'KD (KDLoss, alpha 0.5)'), ('mismatch', 'the method'))
 STUDENT_DATASET_ID = 'digits/student'
 # Smallest budgets that still run every stage: what the tests use (-quick), not a measurement.
-QUICK_BUDGET = {'teacher_epochs': 3, 'student_epochs': 4, 'fit_steps': 40, 'latent_steps': 10, 'pool_size': 200}
+QUICK_BUDGET = {'teacher_epochs': 3, 'student_epochs': 4, 'pool_size': 200}
 SAMPLES_PER_CLASS = 8
 # Refresh index of the pool drawn for the figure: far beyond any epoch's, so no training pool repeats.
 FIGURE_REFRESH_INDEX = 1_000_000
@@ -66,20 +70,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def find_recipe_dir(explicit: str | None = None) -> Path:
-    """The folder of the demo's recipes: ``explicit``, else ``configs/demo`` of the source tree or package.
+    """The folder of the demo's recipes: ``explicit``, else the shipped ``configs/demo`` (:mod:`.resources`).
 
     Raises:
-        ConfigError: naming ``--recipes`` when no folder holds the four recipes.
+        ConfigError: naming ``--recipes`` when the folder does not hold the four recipes.
     """
     names = [TEACHER_RECIPE] + [name for name, _ in STUDENT_RECIPES]
-    package_dir = Path(__file__).resolve().parent
-    candidates = [Path(explicit)] if explicit else [package_dir.parent / 'configs' / 'demo',
-                                                      package_dir / 'configs' / 'demo']
-    for folder in candidates:
-        if all((folder / f'{name}.yaml').is_file() for name in names):
-            return folder
-    raise ConfigError(f'--recipes: no folder among {", ".join(str(c) for c in candidates)} holds '
-                      f'{", ".join(n + ".yaml" for n in names)}; run from a source checkout or pass --recipes DIR')
+    folder = Path(explicit).expanduser() if explicit else recipe_dir(RECIPE_FOLDER)
+    if all((folder / f'{name}.yaml').is_file() for name in names):
+        return folder
+    source = 'the folder given' if explicit else 'the shipped recipe folder'
+    raise ConfigError(f'--recipes: {source} {folder} does not hold {", ".join(n + ".yaml" for n in names)}; '
+                      'pass --recipes DIR with them (the source tree has them in configs/demo)')
 
 
 @dataclass
@@ -109,8 +111,7 @@ def _override(config: dict, output: Path, epochs: int | None, quick: bool) -> di
     if wrapper:
         wrapper['kwargs']['artifact_path'] = str(output / 'generator.pt')
         if quick:
-            for key in ('fit_steps', 'latent_steps', 'pool_size'):
-                wrapper['kwargs'][key] = QUICK_BUDGET[key]
+            wrapper['kwargs']['pool_size'] = QUICK_BUDGET['pool_size']
     return config
 
 
@@ -209,10 +210,6 @@ def format_table(rows: list[dict[str, Any]], groups: dict[str, list[int]]) -> st
 
 
 # -- figures ------------------------------------------------------------------------------------------------
-def _to_display(images, mean: float, std: float):
-    return (images * std + mean).clamp(0, 1)
-
-
 def plot_samples(dataset: Any, teacher: Any, device: str, path: Path) -> None:
     """PNG grid: per class (rows), real student images, generated ones and those the teacher's filter keeps.
 
@@ -220,76 +217,48 @@ def plot_samples(dataset: Any, teacher: Any, device: str, path: Path) -> None:
     filter open (threshold 0), so the figure shows what the configured generator produces, whichever it is,
     and which of those images pass the recipe's ``confidence_threshold``.
     """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     import torch
 
     from .data import NORMALIZATION
+    from .plots import SamplePanel, sample_figure, to_unit_range
 
     num_classes, k = dataset.num_classes, SAMPLES_PER_CLASS
     threshold = dataset.config['confidence_threshold']
     saved = {key: dataset.config[key] for key in ('confidence_threshold', 'pool_size')}
-    saved_pool = (dataset.pool_images, dataset.pool_labels, dataset.pool_confidence)
     dataset.config.update(confidence_threshold=0.0, pool_size=4 * k * num_classes)
     try:
-        # A refresh index no training epoch uses, so the figure's draws are its own.
-        dataset.refresh_pool(teacher, device, refresh_index=FIGURE_REFRESH_INDEX)
-        images, labels, confidence = dataset.pool_images, dataset.pool_labels, dataset.pool_confidence
+        # A refresh index no training epoch uses, so the figure's draws are its own; generate_pool leaves
+        # the dataset's pool and recorded history as training left them.
+        images, labels, confidence, _ = dataset.generate_pool(teacher, device, refresh_index=FIGURE_REFRESH_INDEX)
     finally:
         dataset.config.update(saved)
-        dataset.pool_images, dataset.pool_labels, dataset.pool_confidence = saved_pool
-    blank = torch.full(tuple(images.shape[1:]), float('nan'))
-    generated_title, selected_title = 'generated', f'kept by the teacher (p_T(c) >= {threshold:g})'
-    panels: dict[str, list[list[torch.Tensor]]] = {'real (student data)': [], generated_title: [], selected_title: []}
-    for c in range(num_classes):
-        real = [dataset.org_dataset[int(i)][0] for i in torch.nonzero(dataset.labels == c).flatten()[:k]]
-        of_class = labels == c
-        generated = list(images[of_class][:k])
-        kept = list(images[of_class & (confidence >= threshold)][:k])
-        for title, row in (('real (student data)', real), (generated_title, generated), (selected_title, kept)):
-            panels[title].append(row + [blank] * (k - len(row)))
-    mean, std = NORMALIZATION['digits']
-    side = images.shape[-2]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 5.6))
-    for axis, (title, rows) in zip(axes, panels.items()):
-        grid = torch.cat([torch.cat([_to_display(img[0], mean, std) for img in row], dim=1) for row in rows], dim=0)
-        axis.imshow(grid.numpy(), cmap='gray', vmin=0, vmax=1)
-        axis.set_title(title, fontsize=10)
-        axis.set_xticks([])
-        axis.set_yticks([side * (c + 0.5) for c in range(num_classes)], [str(c) for c in range(num_classes)])
-    axes[0].set_ylabel('class')
-    generator = dataset.config['generator']
-    fig.suptitle(f'digits: the student\'s real images, what the generator ({generator}) makes of each class, '
-                 'and what the teacher keeps (blank: none)', fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    real_indices = [int(i) for c in range(num_classes) for i in torch.nonzero(dataset.labels == c).flatten()[:k]]
+    real = torch.stack([torch.as_tensor(dataset.org_dataset[i][0]) for i in real_indices])
+    kept = confidence >= threshold
+    normalization = NORMALIZATION['digits']
+    panels = [SamplePanel('real (student data)', to_unit_range(real, normalization).numpy(),
+                          dataset.labels[real_indices].tolist()),
+              SamplePanel('generated', to_unit_range(images, normalization).numpy(), labels.tolist()),
+              SamplePanel(f'kept by the teacher (p_T(c) >= {threshold:g})',
+                          to_unit_range(images[kept], normalization).numpy(), labels[kept].tolist())]
+    # The pool's source: the strategy (0.2), or the pre-0.2 `generator` knob when a recipe still sets it.
+    source = dataset.config.get('generator') or dataset.config.get('strategy')
+    sample_figure(path, panels, [str(c) for c in range(num_classes)], k,
+                  f'digits: the student\'s real images, what the generator ({source}) makes of each class, '
+                  'and what the teacher keeps (blank: none)', panel_width=4.2, height=5.6, fontsize=10, dpi=110,
+                  ylabel='class')
 
 
 def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
     """PNG bar chart: accuracy overall and per class group for each model (error bars: std over seeds)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from .plots import BarSeries, grouped_bars
 
     groups = ('overall', 'frequent', 'rare')
-    width = 0.8 / len(rows)
-    fig, axis = plt.subplots(figsize=(7.5, 4.2))
-    for i, row in enumerate(rows):
-        xs = [g + (i - (len(rows) - 1) / 2) * width for g in range(len(groups))]
-        bars = axis.bar(xs, [row[g] for g in groups], width, yerr=[row[g + '_std'] for g in groups],
-                        capsize=3, label=row['label'])
-        axis.bar_label(bars, fmt='%.1f', fontsize=7, padding=2)
-    axis.set_xticks(range(len(groups)), ['overall', 'student\'s frequent classes', 'student\'s rare classes'])
-    axis.set_ylabel('test accuracy (%)')
-    axis.set_ylim(0, 105)
+    series = [BarSeries(row['label'], [row[g] for g in groups], [row[g + '_std'] for g in groups]) for row in rows]
     seeds = len(rows[-1]['seeds'])
-    axis.set_title(f'digits, long-tailed student data: mean ± std over {seeds} seed(s)', fontsize=10)
-    axis.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.1), ncol=len(rows), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    grouped_bars(path, ['overall', 'student\'s frequent classes', 'student\'s rare classes'], series,
+                 ylabel='test accuracy (%)', title=f'digits, long-tailed student data: mean ± std over {seeds} seed(s)',
+                 ylim=(0, 105), value_labels=True, legend_below=True, figsize=(7.5, 4.2), dpi=110)
 
 
 # -- the command ---------------------------------------------------------------------------------------------
@@ -391,8 +360,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_results(output: Path, args: argparse.Namespace, recipe_dir: Path, rows: list[dict[str, Any]],
+def _write_results(output: Path, args: argparse.Namespace, recipes: Path, rows: list[dict[str, Any]],
                    groups: dict[str, list[int]], teacher: DemoRun, students: list[DemoRun], elapsed: float) -> None:
+    """``results.json``: every number of the table, each run's timings and history, and the command line.
+
+    Each run's history is the one its training reported (a copy, see ``runner._train``): the pool the
+    sample figure draws afterwards is not part of any run.
+    """
     import torch
     import torchdistill
 
@@ -400,10 +374,10 @@ def _write_results(output: Path, args: argparse.Namespace, recipe_dir: Path, row
     payload = {
         'command': ' '.join(['torchdistill-mismatch', 'demo'] + [a for a in sys.argv[2:]]) if sys.argv[1:2] == ['demo']
         else 'torchdistill-mismatch demo', 'args': {k: v for k, v in vars(args).items() if k != 'handler'},
-        'recipes': str(recipe_dir), 'class_groups': groups, 'rows': rows,
+        'recipes': str(recipes), 'class_groups': groups, 'rows': rows,
         'runs': [vars(teacher)] + [vars(r) for r in students], 'seconds': elapsed,
         'versions': {'torchdistill_mismatch': __version__, 'torch': torch.__version__,
                      'torchdistill': torchdistill.__version__, 'python': platform.python_version()},
         'threads': torch.get_num_threads(), 'cpus': os.cpu_count(),
     }
-    (output / 'results.json').write_text(json.dumps(payload, indent=1, default=str))
+    atomic_write_text(output / 'results.json', json.dumps(payload, indent=1, default=str))
