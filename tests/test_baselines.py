@@ -1,4 +1,5 @@
-"""The KD + mixup baseline's collate function: what it appends, how it is labelled, how it is registered."""
+"""The baselines' collate functions: KD + mixup (what it appends, how it is labelled, how it is registered) and
+consistent-view KD (every image re-rendered, teacher and student on the same tensor)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,13 @@ import torch
 from torch.utils.data import Dataset
 
 # First: the package imports torchvision.datasets, which torchdistill's dataset registry needs at import.
-from torchdistill_mismatch.baselines import MixupCollate, kd_mixup_collate  # isort: skip
+from torchdistill_mismatch.baselines import (  # isort: skip
+    ConsistentViewCollate,
+    MixupCollate,
+    consistent_view_collate,
+    kd_mixup_collate,
+)
+from torchdistill_mismatch.knobs import ConfigError  # isort: skip
 from torchdistill.datasets.registry import COLLATE_FUNC_DICT  # isort: skip
 from torchdistill.datasets.util import build_data_loader  # isort: skip
 
@@ -115,3 +122,78 @@ def test_torchdistill_loader_keeps_the_step_count_and_doubles_each_batch():
     assert len(loader) == math.ceil(20 / 8)
     sizes = [batch[0].shape[0] for batch in loader]
     assert sizes == [16, 16, 8]
+
+
+# -- consistent-view KD (Beyer et al., CVPR 2022) -------------------------------------------------------
+def _fashion_like_batch(n: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, int]]:
+    """Images with a dark background and bright garments, normalised as Fashion-MNIST's."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 12, 12)
+    images[:, :, 3:9, 3:9] = torch.rand(n, 1, 6, 6, generator=generator)
+    images[:, 0, 5, 5] = 1.0
+    images = (images - 0.2860) / 0.3530
+    return [(images[i], i % 10) for i in range(n)]
+
+
+def test_consistent_view_collate_is_registered_and_renders_every_image():
+    assert COLLATE_FUNC_DICT['consistent_view_collate'] is consistent_view_collate
+    batch = _fashion_like_batch()
+    torch.manual_seed(0)
+    views, labels, supp = consistent_view_collate(batch)
+    clean = torch.stack([image for image, _ in batch])
+    assert views.shape == clean.shape and labels.tolist() == [label for _, label in batch]
+    changed = (views - clean).abs().flatten(1).amax(dim=1) > 1e-3
+    assert bool(changed.all()), 'every image is re-rendered (Beyer et al. augment every image)'
+    assert supp['view_theta'].shape == (len(batch), len(ConsistentViewCollate().transforms))
+    # Renderings stay inside the batch's range (the data range the collate gives the renderer).
+    assert float(views.min()) >= float(clean.min()) - 1e-5 and float(views.max()) <= float(clean.max()) + 1e-5
+    torch.manual_seed(0)
+    again, _, _ = consistent_view_collate(batch)
+    assert torch.equal(views, again), 'the views are drawn from the global RNG that set_seed seeds'
+
+
+def test_consistent_view_collate_names_an_unknown_transform():
+    with pytest.raises(ConfigError, match="did you mean 'rotation'"):
+        ConsistentViewCollate(transforms=['rotaton'])
+
+
+def test_teacher_and_student_see_the_same_rendered_batch():
+    """Through a torchdistill DistillationBox built from a recipe's train section: one tensor for both models."""
+    from torchdistill.core.distillation import get_distillation_box
+
+    class _Labelled(Dataset):
+        def __init__(self):
+            self.items = _fashion_like_batch(8)
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, index: int):
+            return self.items[index]
+
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10))
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10))
+    seen: dict[str, torch.Tensor] = {}
+    teacher.register_forward_pre_hook(lambda module, inputs: seen.__setitem__('teacher', inputs[0]))
+    student.register_forward_pre_hook(lambda module, inputs: seen.__setitem__('student', inputs[0]))
+    train_config = {
+        'num_epochs': 1,
+        'train_data_loader': {'dataset_id': 'train', 'collate_fn': 'consistent_view_collate',
+                              'sampler': {'class_or_func': torch.utils.data.SequentialSampler, 'kwargs': {}},
+                              'kwargs': {'batch_size': 8, 'num_workers': 0}},
+        'teacher': {'forward_proc': 'forward_batch_only', 'requires_grad': False},
+        'student': {'forward_proc': 'forward_batch_only', 'requires_grad': True},
+        'optimizer': {'key': 'SGD', 'kwargs': {'lr': 0.1}},
+        'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {'kd': {
+            'criterion': {'key': 'KDLoss', 'kwargs': {'student_module_path': '.', 'student_module_io': 'output',
+                                                      'teacher_module_path': '.', 'teacher_module_io': 'output',
+                                                      'temperature': 4.0, 'alpha': 0.0}},
+            'weight': 1.0}}}},
+    }
+    box = get_distillation_box(teacher, student, {'train': _Labelled()}, train_config, torch.device('cpu'), None,
+                               False, 1)
+    images, targets, supp = next(iter(box.train_data_loader))
+    box.forward_process(images, targets, supp)
+    clean = torch.stack([image for image, _ in _Labelled().items])
+    assert torch.equal(seen['teacher'], seen['student'])
+    assert not torch.allclose(seen['student'], clean)

@@ -1,6 +1,6 @@
 """Cheap non-generative baselines for the benchmark, as torchdistill registry entries.
 
-``kd_mixup_collate`` is the collate function of the "KD + mixup" baseline (DESIGN.md section 2, second
+``kd_mixup_collate`` is the collate function of the "KD + mixup" baseline (docs/design.md, the second
 prototype round): it appends to each batch of real images as many mixed ones,
 
 .. math::
@@ -19,17 +19,35 @@ Example YAML (under ``train.train_data_loader``)::
 
     collate_fn: 'kd_mixup_collate'
 
+``consistent_view_collate`` is the collate function of the "consistent-view KD" baseline (Beyer, Zhai,
+Royer, Markeeva, Anil, Kolesnikov, "Knowledge distillation: A good teacher is patient and consistent",
+CVPR 2022, https://arxiv.org/abs/2106.05237): teacher and student see the *same* randomly augmented
+image, so that the student matches the teacher's function on the augmented image rather than a target
+computed on another view. It renders every image of the batch with the method's own re-renderer
+(:class:`~torchdistill_mismatch.renderer.ImageTransformGenerator`) under imaging conditions drawn from the
+renderer's *prior* (no per-class proposal, no teacher-guided search, no filtering): the practitioner's
+first try, and exactly what the method's search adds to. The DistillationBox feeds the one batch tensor
+to both models, so "consistent" holds by construction. "Patient" is the budgets of the benchmark (the
+same recipe at several multiples of the epochs).
+
+Example YAML (under ``train.train_data_loader``)::
+
+    collate_fn: 'consistent_view_collate'
+
 The recipe must import this module, e.g. ``dependencies: [{name: 'torchdistill_mismatch.baselines'}]``.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import default_collate
 from torchdistill.datasets.registry import register_collate_func
 
-# The prototype's KD + mixup added 128 mixed images to each 128 real ones (DESIGN.md section 2).
+from .renderer import DEFAULT_TRANSFORMS, ImageTransformGenerator, check_transforms
+
+# The prototype's KD + mixup added 128 mixed images to each 128 real ones (docs/design.md, prototype rounds).
 MIXED_PER_REAL = 1.0
 # Beta(1, 1) = Uniform(0, 1): every mixing proportion equally likely, as in the prototype.
 MIXUP_ALPHA = 1.0
@@ -98,3 +116,54 @@ def _extend_supp(supp: dict[str, Any], real_count: int, mixed_count: int) -> dic
 
 
 kd_mixup_collate = register_collate_func(key='kd_mixup_collate')(MixupCollate())
+
+
+class ConsistentViewCollate:
+    """Collates (image, label[, supp]) items and re-renders every image under conditions drawn from the prior.
+
+    Every image is augmented, none kept clean: Beyer et al. augment every image of the batch (their
+    "function matching" runs teacher and student on the same aggressive view), and a clean copy beside it
+    would grow the batch, which the equal-steps protocol keeps at the real batch size. The batch size and
+    the number of optimiser steps are plain KD's.
+
+    The renderer's data range (its intensities stay inside it; polarity mirrors within it) is the batch's
+    per-channel minimum and maximum: a collate function is registered by key, without arguments, so it
+    cannot be told the data set's normalisation, and a batch of a hundred images of a data set with a
+    background at its darkest value and some saturated pixels (Fashion-MNIST: both in every batch) spans
+    the data's range. ``supp['view_theta']`` holds each image's drawn conditions (the renderer's columns,
+    ``transforms`` order), for a test or a loss that wants them.
+
+    Args:
+        transforms: the family drawn from (names of :data:`~torchdistill_mismatch.renderer.TRANSFORMS`;
+            default: all of them, as the method's default ``ReRenderStrategy``).
+
+    Raises:
+        ConfigError: for an unknown transform name.
+    """
+
+    def __init__(self, transforms: Sequence[str] = DEFAULT_TRANSFORMS):
+        self.transforms = check_transforms(transforms, 'transforms')
+        self._renderers: dict[tuple[int, ...], ImageTransformGenerator] = {}
+
+    def renderer(self, image_shape: tuple[int, ...]) -> ImageTransformGenerator:
+        """The renderer for images of ``image_shape`` (C, H, W), made on first use."""
+        if image_shape not in self._renderers:
+            self._renderers[image_shape] = ImageTransformGenerator(image_shape, transforms=self.transforms)
+        return self._renderers[image_shape]
+
+    def __call__(self, batch: Sequence[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        items = [item if len(item) == 3 else (item[0], item[1], {}) for item in batch]
+        images, labels, supp = default_collate(items)
+        renderer = self.renderer(tuple(images.shape[1:]))
+        renderer.set_data_range(images.amin(dim=(0, 2, 3)), images.amax(dim=(0, 2, 3)))
+        # The global RNG, seeded per run by torchdistill's set_seed (loaders run with num_workers 0), so a
+        # run's views repeat exactly for its seed.
+        with torch.no_grad():
+            theta = renderer.prior_sample(images.shape[0])
+            views = renderer.render(images, theta)
+        supp = dict(supp)
+        supp['view_theta'] = theta
+        return views, torch.as_tensor(labels), supp
+
+
+consistent_view_collate = register_collate_func(key='consistent_view_collate')(ConsistentViewCollate())

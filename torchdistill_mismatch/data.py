@@ -1,4 +1,4 @@
-"""Offline data sets with a constructed distribution mismatch (DESIGN.md section 5), for recipes and benchmarks.
+"""Offline data sets with a constructed distribution mismatch (docs/design.md, benchmark protocol), for recipes and benchmarks.
 
 Recipes build them while the YAML is parsed, e.g.::
 
@@ -9,7 +9,11 @@ Recipes build them while the YAML is parsed, e.g.::
           kwargs: {name: 'fashion_mnist', part: 'student', scenario: 'longtail', seed: 0}
 
 Parts: ``teacher`` (half A of the train split, balanced), ``student`` (built from half B under a
-scenario), ``test`` (the standard balanced test split; for digits a stratified 30% hold-out).
+scenario), ``test`` (the standard balanced test split; for digits a stratified 30% hold-out). The test
+split in the student's domain (``part: 'test', domain: 'student'``) is the test split under the
+scenario's covariate shift for ``covariate`` and the test split itself for ``none`` and ``scarce``; for
+``longtail`` it is the test split with per-class accuracies weighted by the student's class proportions,
+which the benchmark computes (no data set to build).
 Scenarios: ``none`` (balanced), ``longtail`` (class c keeps about ``n_max * 0.02^(rank/9)``, random class
 order per seed), ``covariate`` (intensities inverted with p = 0.5, rotations up to 30 degrees, Gaussian
 blur, fixed per image: the student never sees the clean domain), ``scarce`` (``per_class`` images per class).
@@ -27,6 +31,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 from torchdistill.datasets.registry import register_dataset
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from .knobs import ConfigError
 
@@ -38,7 +43,13 @@ FASHION_MNIST_FILES = {'train_images': 'train-images-idx3-ubyte', 'train_labels'
 NORMALIZATION = {'fashion_mnist': (0.2860, 0.3530), 'digits': (0.3070, 0.3797)}
 SCENARIOS = ('none', 'longtail', 'covariate', 'scarce')
 PARTS = ('teacher', 'student', 'test')
+# Whose domain the test split is in: the teacher's (the standard split) or the student's (its scenario's shift).
+DOMAINS = ('teacher', 'student')
 LONGTAIL_MIN_FRACTION = 0.02
+# (a, b): the covariate shift's draws are seeded by seed * a + b. The test split in the student's domain
+# gets its own stream, so that its draws are not those of the student's training images in the same order.
+TRAIN_SHIFT_SEED = (7919, 17)
+TEST_SHIFT_SEED = (7919, 29)
 
 
 class TensorImageDataset(Dataset):
@@ -122,15 +133,6 @@ def _per_class_take(labels: np.ndarray, counts: dict[int, int], rng: np.random.G
     return np.sort(np.concatenate(picks))
 
 
-def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(2 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    kernel = kernel / kernel.sum()
-    images = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode='reflect'), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(images, (0, 0, radius, radius), mode='reflect'), kernel.view(1, 1, -1, 1))
-
-
 def covariate_shift(images: torch.Tensor, seed: int, invert_p: float = 0.5, max_degrees: float = 30.0,
                     blur_sigma: float = 1.0) -> torch.Tensor:
     """Inverts intensities with p = ``invert_p``, rotates by U(-max, max) degrees, blurs; fixed per image."""
@@ -144,7 +146,9 @@ def covariate_shift(images: torch.Tensor, seed: int, invert_p: float = 0.5, max_
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     rotated = F.grid_sample(images, grid, align_corners=False, padding_mode='zeros')
     rotated = torch.where(invert.view(-1, 1, 1, 1), 1.0 - rotated, rotated)
-    return _gaussian_blur(rotated, blur_sigma).clamp(0, 1)
+    # A kernel of radius ceil(2 sigma), reflect-padded: torchvision's blur, as a camera's defocus is modelled.
+    kernel = 2 * max(1, math.ceil(2 * blur_sigma)) + 1
+    return gaussian_blur(rotated, [kernel, kernel], [blur_sigma, blur_sigma]).clamp(0, 1)
 
 
 def _to_dataset(images: np.ndarray, labels: np.ndarray, name: str, image_size: int | None,
@@ -162,7 +166,8 @@ def _to_dataset(images: np.ndarray, labels: np.ndarray, name: str, image_size: i
 @register_dataset
 def mismatch_dataset(name: str = 'fashion_mnist', part: str = 'student', scenario: str = 'none', seed: int = 0,
                      split_seed: int = 1234, size: int | None = None, per_class: int = 50,
-                     root: str | None = None, image_size: int | None = None) -> TensorImageDataset:
+                     root: str | None = None, image_size: int | None = None,
+                     domain: str = 'teacher') -> TensorImageDataset:
     """One part of a data set under a mismatch scenario (see the module docstring).
 
     Args:
@@ -176,17 +181,26 @@ def mismatch_dataset(name: str = 'fashion_mnist', part: str = 'student', scenari
         per_class: images per class for ``scarce``.
         root: a folder holding Fashion-MNIST files (torchvision's ``FashionMNIST/raw`` layout is found too).
         image_size: resize the images to this side (digits are 8x8; 16 suits LeNet5).
+        domain: for the test part: ``teacher`` (the standard split) or ``student`` (the split under the
+            ``scenario``'s shift, with ``seed``: for ``covariate`` the student's own transform family,
+            drawn once per test image, so the set is the same in every run of that seed).
 
     Raises:
-        ConfigError: for an unknown name, part or scenario, or missing files.
+        ConfigError: for an unknown name, part, scenario or domain, a student domain asked of another part
+            than ``test``, or of ``longtail`` (no data set: weight the per-class accuracies), or missing files.
     """
     if part not in PARTS:
         raise ConfigError(f'part = {part!r}: accepted: {", ".join(PARTS)}')
     if scenario not in SCENARIOS:
         raise ConfigError(f'scenario = {scenario!r}: accepted: {", ".join(SCENARIOS)}')
+    if domain not in DOMAINS:
+        raise ConfigError(f'domain = {domain!r}: accepted: {", ".join(DOMAINS)}')
+    if domain == 'student' and part != 'test':
+        raise ConfigError(f"domain = 'student' with part = {part!r}: the domain chooses between test splits; "
+                          "write part: 'test' (the student part is always the student's domain)")
     arrays = load_arrays(name, root)
     if part == 'test':
-        return _to_dataset(arrays['test_images'], arrays['test_labels'], name, image_size)
+        return _test_split(arrays, name, image_size, scenario if domain == 'student' else 'none', seed)
     labels = arrays['train_labels']
     half_a = _stratified_take(labels, 0.5, split_seed)
     if part == 'teacher':
@@ -207,8 +221,19 @@ def mismatch_dataset(name: str = 'fashion_mnist', part: str = 'student', scenari
         counts = {int(c): max(1, int(round(n_max * LONGTAIL_MIN_FRACTION ** (rank / (len(classes) - 1)))))
                   for rank, c in enumerate(order)}
     picks = half_b[_per_class_take(b_labels, counts, rng)]
-    shift_seed = seed * 7919 + 17 if scenario == 'covariate' else None
+    shift_seed = seed * TRAIN_SHIFT_SEED[0] + TRAIN_SHIFT_SEED[1] if scenario == 'covariate' else None
     return _to_dataset(arrays['train_images'][picks], labels[picks], name, image_size, shift_seed)
+
+
+def _test_split(arrays: dict[str, np.ndarray], name: str, image_size: int | None, scenario: str,
+                seed: int) -> TensorImageDataset:
+    """The test split in the domain of a student under ``scenario`` (``none``: the teacher's domain)."""
+    if scenario == 'longtail':
+        raise ConfigError("part = 'test', domain = 'student', scenario = 'longtail': a label shift changes the "
+                          'class proportions, not the images; weight the per-class accuracies of the standard '
+                          "test split (part: 'test') by the student's class counts, as the benchmark does")
+    shift_seed = seed * TEST_SHIFT_SEED[0] + TEST_SHIFT_SEED[1] if scenario == 'covariate' else None
+    return _to_dataset(arrays['test_images'], arrays['test_labels'], name, image_size, shift_seed)
 
 
 def fashion_mnist_available(root: str | None = None) -> bool:
