@@ -107,8 +107,8 @@ def execute_run(run: PlannedRun, teacher: TeacherInfo, device: torch.device, sui
         'steps': result.steps, 'epochs': get_path(config, 'train.num_epochs'), 'images_seen': result.images_seen,
         'train_images': len(student_data),
         'pool_pass_rate': statistics.fmean(result.history['pass_rate']) if result.history.get('pass_rate') else None,
-        'config_hash': run.config_hash, 'teacher_hash': teacher.key, 'teacher_sha256': teacher.sha256, 'device': str(device),
-        'threads': torch.get_num_threads(), 'quick': None,
+        'config_hash': run.config_hash, 'teacher_hash': teacher.key, 'teacher_sha256': teacher.sha256,
+        'device': str(device), 'threads': torch.get_num_threads(), 'quick': None,
         'invocation': invocation, 'finished_at': now(), 'recipe': str(recipe.relative_to(suite_dir)),
     }
     for c, acc in enumerate(result.per_class_acc):
