@@ -19,7 +19,9 @@ fi
 # Installs torch 2.14.1 / torchvision 0.29.1 from this machine's disk (pip's constraint file caps them).
 stamp=".venv/.installed-$(cat setup.py setup.cfg pyproject.toml | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  # setuptools >= 70.1 builds wheels by itself: tests/test_wheel.py builds ours without build isolation,
+  # and a new venv of Python 3.11 brings 65.5.
+  .venv/bin/python -m pip install --quiet --upgrade pip 'setuptools>=70.1'
   .venv/bin/python -m pip install --quiet -e '.[test]'
   touch "$stamp"
 fi
