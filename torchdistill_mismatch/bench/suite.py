@@ -192,24 +192,22 @@ def run_suite(suite: str | None = None, *, config: str | Path | None = None, qui
     for run in plan:
         check_rendered(run.tree, f'{run.label} ({spec.methods[run.method].recipe.name})')
     check_suite_dir(suite_dir, spec, create=not dry_run)
-    rows, moved, restored = sync_results(suite_dir, spec, teacher_key, torch_device.type, write=not dry_run)
-    todo = _not_done(plan, rows)
     if dry_run:
-        waiting = {id(run) for run in todo}
+        rows, moved, restored = sync_results(suite_dir, spec, teacher_key, torch_device.type, write=False)
+        waiting = {id(run) for run in _not_done(plan, rows)}
         for index, run in enumerate(plan, 1):
             state = 'todo' if id(run) in waiting else 'done'
             print(f'[bench] {index}/{len(plan)} {run.label:<32} {run.family:<9} {run.config_hash} {state}')
-        print(f'[bench] {len(todo)} of {len(plan)} runs to do in {suite_dir}; {moved} rows would be superseded, '
+        print(f'[bench] {len(waiting)} of {len(plan)} runs to do in {suite_dir}; {moved} rows would be superseded, '
               f'{restored} restored')
         return report
-    report.superseded = moved
     invocation = _record_invocation(suite_dir, command or call, torch_device)
     teacher = ensure_teacher(spec, Path(cache_dir), torch_device, data_root)
     keep_beside_results(teacher, suite_dir)
-    # Rows of another teacher checkpoint (retrained, or another machine's) are moved out, never mixed in.
-    rows, moved_by_teacher, _ = sync_results(suite_dir, spec, teacher_key, torch_device.type,
-                                             teacher_sha=teacher.sha256)
-    report.superseded += moved_by_teacher
+    # Rows of another configuration or of another teacher checkpoint (retrained, or another machine's) are
+    # moved out, never mixed in: one pass over results.csv, once the teacher is known.
+    rows, report.superseded, _ = sync_results(suite_dir, spec, teacher_key, torch_device.type,
+                                              teacher_sha=teacher.sha256)
     todo = _not_done(plan, rows)
     context = _RunContext(spec, teacher, torch_device, suite_dir, data_root, invocation, fail_fast,
                           _Estimator(rows, {run.method: cost_class(run.hashed_text) for run in plan}))
