@@ -90,7 +90,7 @@ BAD_INPUTS = {
     'unknown loss': ('train', 'kd', {"key: 'KDLoss'": "key: 'KDloss'"},
                      "train.criterion.kwargs.sub_terms.kd.criterion.key = 'KDloss': unknown name; "
                      "did you mean 'KDLoss'?"),
-    'knob typo': ('train', 'mismatch', {'kappa: 1.0': 'kapa: 1.0'}, "kapa: unknown key; did you mean 'kappa'?"),
+    'knob typo': ('train', 'mismatch', {'kappa: 4.0': 'kapa: 4.0'}, "kapa: unknown key; did you mean 'kappa'?"),
     'knob range': ('train', 'mismatch', {'pool_size: 200': 'pool_size: 0'},
                    'train.train_data_loader.dataset_wrapper.kwargs.pool_size = 0: out of range'),
     'missing teacher': ('train', 'kd', {'ckpt/demo/teacher.pt': 'ckpt/demo/nothere.pt'},

@@ -27,7 +27,8 @@ def test_two_epochs_through_the_distillation_box_beat_chance(digits_teacher_ckpt
     dataset = find_auxiliary_dataset(box.train_data_loader.dataset)
     assert dataset.pool_refresh_count == 2 and len(dataset.pool_labels) > 0
     assert result.images_seen > 2 * len(dataset), 'batches must carry generated images too'
-    assert {'generator_fit', 'latent_fit', 'pool_generation'} <= set(result.timings)
+    assert {'generator_fit', 'pool_generation'} <= set(result.timings)
+    assert 'latent_fit' not in result.timings, 'no proposal search by default (learn_latent: false)'
 
 
 def test_two_processes_with_gloo_fit_once_share_the_pool_and_agree(digits_teacher_ckpt, tmp_path):

@@ -89,7 +89,8 @@ def test_anchored_renderings_find_the_teachers_domain_for_shifted_images(digits_
     """Under the covariate shift the teacher is often wrong on the student's own images; the renderings
     chosen among candidates pass its filter far more often, and every class keeps images."""
     real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
-    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, pool_size=600, candidates=8, mixup_alpha=0.0)
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, pool_size=600, candidates=8, mixup_alpha=0.0,
+                                        learn_latent=True)  # the search: what this test is about
     dataset.fit(digits_teacher, 'cpu')
     dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
     with torch.no_grad():

@@ -144,10 +144,28 @@ def test_correlation_form_hand_computation_with_weights():
     inter = [1 - pearson(a, b, [1.0] * 3) for a, b in zip(p_s, p_t)]
     intra = sum(1 - pearson([r[c] for r in p_s], [r[c] for r in p_t], w) for c in range(3)) / 3
     ce = [-math.log(_softmax(s)[y]) for s, y in zip(student.tolist(), labels.tolist())]
-    expected = sum(t * t * beta * wi * ii + (lam + 1 - wi) * ci for wi, ii, ci in zip(w, inter, ce)) / 3
+    mu = beta * t * t / 2  # takeover's default: the teacher term's scale
+    expected = sum(t * t * beta * wi * ii + (lam + mu * (1 - wi)) * ci for wi, ii, ci in zip(w, inter, ce)) / 3
     expected += t * t * gamma * intra
     got = loss(_io(student), _io(teacher), labels)
     assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('divergence, expected_mu', [('correlation', 2.0 * 4.0 ** 2 / 2), ('kl', 1.0)])
+def test_takeover_defaults_to_the_teacher_terms_scale(divergence, expected_mu):
+    assert MismatchKDLoss(divergence=divergence).takeover == expected_mu
+    assert MismatchKDLoss(divergence=divergence, takeover=0.5).takeover == 0.5
+
+
+def test_takeover_gives_the_label_the_items_the_teacher_gets_wrong():
+    # One item the teacher gets wrong (w = min_weight = 0 via kappa underflow): its CE weight is lambda + mu.
+    student = torch.tensor([[0.0, 1.0, 0.0]])
+    teacher = torch.tensor([[5.0, 0.0, 0.0]])
+    labels = torch.tensor([1])
+    ce = -math.log(_softmax([0.0, 1.0, 0.0])[1])
+    for mu in (1.0, 16.0):
+        loss = MismatchKDLoss(divergence='kl', weighting='probability', kappa=50.0, label_weight=1.0, takeover=mu)
+        assert loss(_io(student), _io(teacher), labels).item() == pytest.approx((1.0 + mu) * ce, rel=1e-4)
 
 
 def test_correlation_form_moves_away_from_a_teacher_that_is_wrong_on_a_class():

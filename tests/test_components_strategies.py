@@ -97,7 +97,7 @@ def test_the_fingerprint_holds_every_knob_that_changes_the_fit_and_only_those(di
     path = tmp_path / 'rerender.pt'
 
     def fit(**knobs) -> GeneratorAuxiliaryDataset:
-        knobs = {'pool_size': 64, **knobs}
+        knobs = {'pool_size': 64, 'learn_latent': True, **knobs}  # the search: what a fit reuses
         dataset = GeneratorAuxiliaryDataset(_scarce_digits(), num_classes=10, artifact_path=str(path), **knobs)
         dataset.fit(digits_teacher)
         return dataset

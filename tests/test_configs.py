@@ -238,4 +238,5 @@ def test_cifar10_method_recipe_trains_a_step_on_stand_in_data(no_downloads):
         loader['kwargs'].update(num_workers=0, pin_memory=False)
     result = train_and_evaluate(config, 'cpu', select_on_val=False)
     assert result.steps == 1 and result.test_acc is not None
-    assert {'generator_fit', 'latent_fit', 'pool_generation'} <= set(result.timings)
+    assert {'generator_fit', 'pool_generation'} <= set(result.timings)
+    assert 'latent_fit' not in result.timings, 'no proposal search by default (learn_latent: false)'

@@ -31,9 +31,18 @@ KNOBS = (
     Knob('label_weight', float, 1.0, low=0,
          doc='lambda: cross-entropy weight on every labelled item, on top of the (1 - w) it gets where the '
              'teacher is unreliable; 0 gives the first reconstruction (labels only where w < 1)'),
-    Knob('kappa', float, 1.0, low=0,
+    Knob('takeover', float, None, low=0, nullable=True,
+         doc='mu: the cross-entropy weight the label gains where the teacher is unreliable, (1 - w) x mu on top '
+             'of lambda. Empty (default): the teacher term\'s own scale, beta T^2 / 2 with correlation (16 at the '
+             'defaults: beta T^2 = 32 times a correlation gap in [0, 2]) and 1 with kl (T^2 KL is on CE\'s '
+             'scale), so that where the teacher is dropped the label gets the weight the teacher had. With 1 '
+             '(round 5) the label\'s CE was a 1/16 voice beside a 0.3-weighted teacher term, and students under a '
+             'covariate shift copied the teacher\'s errors on their own domain (docs/method.md, round 6)'),
+    Knob('kappa', float, 4.0, low=0,
          doc='sharpness of w where the teacher is unreliable (a_y^kappa or p_T(y|x)^kappa); 0 makes w = 1 '
-             'everywhere: the teacher term plus lambda x CE, as in plain KD + CE'),
+             'everywhere: the teacher term plus lambda x CE, as in plain KD + CE. 4: a class the teacher gets '
+             'right 9 times in 10 keeps two thirds of the teacher on its misses (0.9^4 = 0.66), one it gets '
+             'right half the time or less hands them to the label (0.5^4 = 0.06)'),
     Knob('weighting', str, 'class_agreement', choices=('class_agreement', 'agreement', 'probability'),
          doc='class_agreement: w = 1 where the teacher\'s top class is the label, else a_y^kappa, a_y = the '
              'teacher\'s running agreement rate on class y of this data; agreement: else p_T(y|x)^kappa; '
@@ -53,12 +62,13 @@ class MismatchKDLoss(nn.Module):
 
         w_i = \\begin{cases} 1 & \\arg\\max_k p_T(k \\mid x_i) = y_i \\\\
               \\max\\left(m, a_{y_i}^{\\kappa}\\right) & \\text{otherwise} \\end{cases}, \\qquad
-        L = \\frac{1}{N}\\sum_i \\left[ w_i\\, D_i + (\\lambda + 1 - w_i)\\, \\mathrm{CE}(s_i, y_i) \\right]
+        L = \\frac{1}{N}\\sum_i \\left[ w_i\\, D_i + (\\lambda + \\mu (1 - w_i))\\, \\mathrm{CE}(s_i, y_i) \\right]
             + \\gamma T^2 \\frac{1}{C}\\sum_c \\left(1 - \\rho_w(p_S^T[:, c], p_T^T[:, c])\\right)
 
     with :math:`a_c` the teacher's running agreement rate with the labels of class c on this data
-    (``weighting: class_agreement``), :math:`p^T` a softmax at temperature T, m = ``min_weight`` and
-    lambda = ``label_weight``. With ``divergence: correlation`` (default)
+    (``weighting: class_agreement``), :math:`p^T` a softmax at temperature T, m = ``min_weight``,
+    lambda = ``label_weight`` and mu = ``takeover`` (by default the teacher term's scale, beta T^2 / 2).
+    With ``divergence: correlation`` (default)
     :math:`D_i = \\beta T^2 (1 - \\rho(p_S^T(x_i), p_T^T(x_i)))`, the per-sample Pearson correlation of
     DIST's inter-class relation, and the last term is DIST's intra-class relation with each class's
     correlation across the batch weighted by w (:math:`\\rho_w`). With ``divergence: kl``,
@@ -99,8 +109,8 @@ class MismatchKDLoss(nn.Module):
     def __init__(self, student_module_path: str = '.', student_module_io: str = 'output',
                  teacher_module_path: str = '.', teacher_module_io: str = 'output', divergence: str = 'correlation',
                  temperature: float = 4.0, beta: float = 2.0, gamma: float = 2.0, label_weight: float = 1.0,
-                 kappa: float = 1.0, weighting: str = 'class_agreement', agreement_momentum: float = 0.95,
-                 min_weight: float = 0.0, reduction: str = 'mean', **unknown: Any):
+                 takeover: float | None = None, kappa: float = 4.0, weighting: str = 'class_agreement',
+                 agreement_momentum: float = 0.95, min_weight: float = 0.0, reduction: str = 'mean', **unknown: Any):
         super().__init__()
         # ``unknown`` only carries a misspelt key to resolve_knobs, whose error names it and the closest knob
         # (torchdistill passes the YAML's kwargs as they are).
@@ -108,11 +118,17 @@ class MismatchKDLoss(nn.Module):
             'student_module_path': student_module_path, 'student_module_io': student_module_io,
             'teacher_module_path': teacher_module_path, 'teacher_module_io': teacher_module_io,
             'divergence': divergence, 'temperature': temperature, 'beta': beta, 'gamma': gamma,
-            'label_weight': label_weight, 'kappa': kappa, 'weighting': weighting,
+            'label_weight': label_weight, 'takeover': takeover, 'kappa': kappa, 'weighting': weighting,
             'agreement_momentum': agreement_momentum, 'min_weight': min_weight, 'reduction': reduction}, LOSS_PATH)
         self.temperature = self.config['temperature']
         self.kappa = self.config['kappa']
         self.min_weight = self.config['min_weight']
+        takeover = self.config['takeover']
+        if takeover is None:
+            # The teacher term's own scale (docs/knobs.md, takeover): beta T^2 times a correlation gap in [0, 2].
+            takeover = (self.config['beta'] * self.temperature ** 2 / 2
+                        if self.config['divergence'] == 'correlation' else 1.0)
+        self.takeover = takeover
         self.reduction = self.config['reduction']
         # The teacher's running agreement rate with the labels, per class, on the data it is shown;
         # starts at 1 (trust the teacher until the data says otherwise). Sized on first use.
@@ -161,13 +177,10 @@ class MismatchKDLoss(nn.Module):
         weight = self.reliability(teacher_logits, targets)
         labelled = targets >= 0
         ce = F.cross_entropy(student_logits, targets.clamp_min(0), reduction='none') * labelled
-        ce_weight = self.config['label_weight'] + 1 - weight
+        ce_weight = self.config['label_weight'] + (1 - weight) * self.takeover
         t = self.temperature
         if self.config['divergence'] == 'kl':
-            teacher_soft = F.softmax(teacher_logits / t, dim=1)
-            kl = (teacher_soft * (F.log_softmax(teacher_logits / t, dim=1)
-                                  - F.log_softmax(student_logits / t, dim=1))).sum(dim=1) * t * t
-            return weight * kl + ce_weight * ce
+            return weight * _kl(student_logits, teacher_logits, t) + ce_weight * ce
         student_soft, teacher_soft = F.softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1)
         inter = 1 - _pearson(student_soft, teacher_soft, dim=1)
         intra = 1 - _pearson(student_soft, teacher_soft, dim=0, weight=weight).mean()
@@ -187,6 +200,13 @@ class MismatchKDLoss(nn.Module):
         if self.reduction == 'sum':
             return losses.sum()
         return losses
+
+
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    """Per-sample T^2 KL(p_T^T || p_S^T) (Hinton et al., 2015)."""
+    teacher_soft = F.softmax(teacher_logits / t, dim=1)
+    return (teacher_soft * (F.log_softmax(teacher_logits / t, dim=1)
+                            - F.log_softmax(student_logits / t, dim=1))).sum(dim=1) * t * t
 
 
 def _pearson(x: torch.Tensor, y: torch.Tensor, dim: int, weight: torch.Tensor | None = None,

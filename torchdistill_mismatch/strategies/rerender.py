@@ -3,20 +3,26 @@ teacher knows.
 
 An *anchored* generator G(x, theta) (:class:`~torchdistill_mismatch.renderer.ImageTransformGenerator`)
 re-renders a real image x under imaging conditions theta from a family of common ones (exposure,
-contrast, tone, polarity, noise, focus, orientation, framing, shear: ``transforms``); a per-class proposal q_c over theta
+contrast, tone, polarity, saturation, hue, grey-scale capture (the three colour ones for RGB images only),
+noise, focus, orientation, framing, shear: ``transforms``). By default each pool image is one real image
+re-rendered under one draw of the prior over theta, and the teacher's acceptance shapes the pool's
+distribution: images on which its probability of the label is below ``confidence_threshold`` are
+filtered out, and the batch sampler draws the rest in proportion to its confidence
+(sampling-importance-resampling from prior x teacher). With ``learn_latent: true`` a per-class proposal
+q_c over theta
 (:class:`~torchdistill_mismatch.latent.TransformProposal`) is fitted by the cross-entropy method
 (Rubinstein, 1999) toward the teacher's acceptance, and for each pool image ``candidates`` draws of q_c
-are scored by the teacher and one it accepts is kept. This *finds* the teacher's domain for each student
-image, under the image's own label, instead of filtering generated images (docs/design.md; the latent
-move of FS-BBT, Nguyen et al., ECCV 2022). It needs no generator fit, only teacher forward passes.
+are scored by the teacher and one it accepts is kept (the latent move of FS-BBT, Nguyen et al., ECCV 2022);
+at equal compute that search has not paid for its teacher passes (docs/method.md, rounds 5-6). Either way
+it *finds* the teacher's domain for each student image, under the image's own label, instead of
+filtering generated images (docs/design.md), and needs no generator fit, only teacher forward passes.
 
 Example YAML (under ``train.train_data_loader.dataset_wrapper.kwargs``)::
 
     strategy: 'ReRenderStrategy'
-    transforms: ['brightness', 'contrast', 'gamma', 'invert', 'noise', 'focus', 'rotation', 'scale',
-                 'translate_x', 'translate_y', 'shear']
-    candidates: 2
-    proposal_rounds: 1
+    transforms: ['brightness', 'contrast', 'gamma', 'invert', 'saturation', 'hue', 'grayscale', 'noise',
+                 'focus', 'rotation', 'scale', 'translate_x', 'translate_y', 'shear']
+    learn_latent: false     # true: fit q_c and search, with candidates (2) and proposal_rounds (1)
 """
 from __future__ import annotations
 
@@ -24,10 +30,10 @@ import torch
 from torch import nn
 
 from ..generator import channel_range
-from ..knobs import Knob, resolve_knobs
+from ..knobs import ConfigError, Knob, resolve_knobs
 from ..latent import TransformProposal, teacher_confidence
 from ..progress import progress_bar, timed_stage
-from ..renderer import DEFAULT_TRANSFORMS, TRANSFORMS, ImageTransformGenerator, check_transforms
+from ..renderer import DEFAULT_TRANSFORMS, TRANSFORMS, ImageTransformGenerator, check_transforms, family_for
 from .base import PoolContext, PoolStrategy, Progress
 from .registry import register_pool_strategy
 
@@ -78,10 +84,11 @@ class ReRenderStrategy(PoolStrategy):
     Args:
         image_shape: (C, H, W) of the student's images.
         num_classes: classes of the task.
-        transforms: the renderer's family (:data:`~torchdistill_mismatch.renderer.TRANSFORMS`).
+        transforms: the renderer's family (:data:`~torchdistill_mismatch.renderer.TRANSFORMS`); the colour
+            ones are dropped for images without 3 channels (:func:`~torchdistill_mismatch.renderer.family_for`).
         max_shift: how far each proposal mean may move from the prior's, in prior standard deviations.
-        learn_latent: fit the proposal q_c and search ``candidates`` per image; False renders one draw of
-            the prior per image (ablation).
+        learn_latent: fit the proposal q_c and search ``candidates`` per image; False (default) renders one
+            draw of the prior per image, which the teacher's confidence then filters and weights.
         candidates: renderings per real image, the first the image itself.
         candidate_choice: ``best`` or ``passing`` (see :func:`best_of_candidates`).
         proposal_rounds: cross-entropy-method rounds fitting q_c.
@@ -90,12 +97,19 @@ class ReRenderStrategy(PoolStrategy):
         Knob('transforms', list, list(DEFAULT_TRANSFORMS),
              doc='the imaging conditions the renderer varies: ' + '; '.join(
                  f'`{name}` ({spec.why})' for name, spec in TRANSFORMS.items())
-             + '. All by default: common ways two captures of the same object differ, not any one shift'),
+             + '. All by default: common ways two captures of the same object differ, not any one shift. '
+             'The colour ones (`saturation`, `hue`, `grayscale`) act on 3-channel images only; listed for '
+             'images of another channel count they are inert (dropped from the family, no warning)'),
         Knob('max_shift', float, 3.0, low=0,
              doc='bound on the learned move: each proposal mean stays within this many prior standard '
                  'deviations of the prior\'s (3 reaches far tails, e.g. 45 deg of rotation, a full negative)'),
-        Knob('learn_latent', bool, True, doc='fit the proposal q_c toward the teacher and search candidates; False '
-             'renders one draw of the prior per image (ablation)'),
+        Knob('learn_latent', bool, False,
+             doc='fit the proposal q_c toward the teacher and search candidates per image (candidates, '
+                 'candidate_choice, proposal_rounds); False (default) renders one draw of the prior per image, '
+                 'and the teacher\'s acceptance then shapes the distribution through the confidence filter and '
+                 'the sampler\'s confidence-weighted draws (sampling-importance-resampling from prior x teacher). '
+                 'The search cost a third more pool time and lost 1.8 points at equal compute (docs/method.md, '
+                 'rounds 5-6)'),
         Knob('candidates', int, 2, low=1,
              doc='renderings per real image, the first the image itself; the teacher picks one by '
                  'candidate_choice. Each costs a teacher pass; at equal compute 2 matched 4 (docs/method.md)'),
@@ -111,10 +125,15 @@ class ReRenderStrategy(PoolStrategy):
     SHARED_FIT_KNOBS = ('seed', 'pool_size', 'class_prior', 'confidence_threshold', 'generation_batch_size')
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, *,
-                 transforms: list[str] = list(DEFAULT_TRANSFORMS), max_shift: float = 3.0, learn_latent: bool = True,
+                 transforms: list[str] = list(DEFAULT_TRANSFORMS), max_shift: float = 3.0, learn_latent: bool = False,
                  candidates: int = 2, candidate_choice: str = 'passing', proposal_rounds: int = 1):
         super().__init__(image_shape, num_classes)
-        self.transforms = list(check_transforms(transforms, 'transforms'))
+        # The family the images can take (no colour transforms for grey ones): the renderer's and the
+        # proposal's columns must be the same list.
+        self.transforms = list(family_for(check_transforms(transforms, 'transforms'), self.image_shape[0]))
+        if not self.transforms:
+            raise ConfigError(f'transforms = {list(transforms)!r}: none applies to {self.image_shape[0]}-channel '
+                              'images (saturation, hue and grayscale need 3 channels); add another transform')
         self.max_shift, self.learn_latent, self.candidates = max_shift, learn_latent, candidates
         self.candidate_choice, self.proposal_rounds = candidate_choice, proposal_rounds
         self.renderer = ImageTransformGenerator(self.image_shape, self.transforms)
