@@ -21,6 +21,7 @@ from ._version import __version__  # noqa: E402
 import torchvision.datasets  # noqa: E402,F401
 
 from . import data, dataset, loss, models, processes, sampler, strategies  # noqa: E402,F401  (registers)
+from . import rgb_data  # noqa: E402,F401  (registers fashion_rgb_dataset)
 from .dataset import GeneratorAuxiliaryDataset  # noqa: E402
 from .knobs import ConfigError  # noqa: E402
 from .loss import MismatchKDLoss  # noqa: E402

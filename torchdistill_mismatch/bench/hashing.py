@@ -30,6 +30,8 @@ HARNESS_MODULES = ('bench', 'cli', 'demo', '__main__', 'plots', 'io_util', 'reci
 # Registry keys of the baselines' own code, and the modules holding it (the consistent-view baseline renders
 # with the method's renderer).
 BASELINE_KEYS = {'kd_mixup_collate': ('baselines',), 'consistent_view_collate': ('baselines', 'renderer')}
+# Data factories outside the core modules, and their module: a recipe naming one depends on its code.
+DATASET_KEYS = {'torchdistill_mismatch.rgb_data.': ('rgb_data',)}
 
 # Taken once per process: the code that runs is what was imported when the suite started, so an edit
 # (or a new file) made while a suite runs must not relabel that suite's rows.
@@ -82,9 +84,9 @@ def code_dependencies(recipe_text: str) -> list[str]:
     modules = set(CORE_MODULES)
     if any(key in recipe_text for key in METHOD_KEYS):
         modules |= set(package_modules()) - set(HARNESS_MODULES) - {'baselines'}
-    for key, baseline_modules in BASELINE_KEYS.items():
+    for key, key_modules in {**BASELINE_KEYS, **DATASET_KEYS}.items():
         if key in recipe_text:
-            modules.update(baseline_modules)
+            modules.update(key_modules)
     return sorted(modules)
 
 

@@ -114,9 +114,13 @@ def _write_scenario_data(tree: dict, scenario: ScenarioSpec, seed: int, where: s
     """
     datasets = tree.get('datasets') or {}
     nodes = list(import_calls(datasets, DATASET_FACTORY))
+    if scenario.dataset is not None and scenario.dataset.factory != DATASET_FACTORY:
+        # A recipe written for the scenario's own factory marks its student slot with that factory.
+        nodes += list(import_calls(datasets, scenario.dataset.factory))
     students = [node for node in nodes if call_kwargs(node).get('part') == 'student']
     if not students:
-        raise ConfigError(f"{where}: no `{DATASET_FACTORY}` dataset with part: 'student'; the bench writes the "
+        factories = f'`{DATASET_FACTORY}`' + (f' or `{scenario.dataset.factory}`' if scenario.dataset else '')
+        raise ConfigError(f"{where}: no {factories} dataset with part: 'student'; the bench writes the "
                           'scenario and seed there (or puts a scenario\'s `dataset:` in its place)')
     if scenario.dataset is None:
         for node in students:

@@ -322,7 +322,9 @@ def _describe_call(arguments: Mapping[str, Any]) -> str:
 
 def _record_invocation(suite_dir: Path, command: str, device: torch.device) -> str:
     """Appends the command, versions and device to invocations.jsonl; returns the invocation's id."""
-    invocation = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    # The process id too: two bench processes started side by side in the same second (one per group of
+    # scenarios, the CPU suites' way) must not share an id, or each summary credits the other's rows.
+    invocation = f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     entry = {'invocation': invocation, 'command': command, 'cwd': os.getcwd(), 'versions': _versions(),
              'device': _device_description(device), 'started': now()}
     with open(suite_dir / 'invocations.jsonl', 'a') as handle:

@@ -1,0 +1,69 @@
+"""Merges the results folder of a suite run as a second process into the first one's folder.
+
+The CPU suites run as two single-threaded bench processes side by side (one per group of scenarios),
+each in its own folder so that neither rewrites the other's results.csv. Afterwards:
+
+    python benchmarks/merge_suites.py benchmarks/results/fashion_rgb_cpu benchmarks/results/fashion_rgb_cpu_s
+
+takes the second folder's rows for the scenarios it ran (replacing the first folder's current rows of
+those scenarios; superseded rows of both are kept), its rendered recipes, sample grids and invocation
+log, and removes the second folder. ``--retire m1,m2`` also moves the rows of methods the suite no longer
+defines to results.retired.csv, which the bench never reads: it keeps such rows current (nothing to
+compare them with, and a `--variants` method is only defined when named), and would restore them from
+results.superseded.csv at its next sync. Then `torchdistill-mismatch bench --config ... --suite <first> --report-only`
+writes summary.md and the figures over all scenarios.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from torchdistill_mismatch.bench.results import RESULTS_FILE, SUPERSEDED_FILE, read_rows, write_rows
+
+COPIED_FOLDERS = ('recipes', 'samples')
+INVOCATIONS = 'invocations.jsonl'
+RETIRED_FILE = 'results.retired.csv'
+
+
+def merge(target: Path, source: Path) -> None:
+    source_rows = read_rows(source / RESULTS_FILE)
+    scenarios = {row['scenario'] for row in source_rows}
+    if not scenarios:
+        raise SystemExit(f'{source / RESULTS_FILE}: no rows to merge')
+    kept = [row for row in read_rows(target / RESULTS_FILE) if row['scenario'] not in scenarios]
+    write_rows(target / RESULTS_FILE, kept + source_rows)
+    print(f'{target / RESULTS_FILE}: {len(kept)} rows kept, {len(source_rows)} of '
+          f'{", ".join(sorted(scenarios))} merged')
+    superseded = read_rows(target / SUPERSEDED_FILE)
+    superseded += [row for row in read_rows(source / SUPERSEDED_FILE) if row not in superseded]
+    write_rows(target / SUPERSEDED_FILE, superseded)
+    for folder in COPIED_FOLDERS:
+        if (source / folder).is_dir():
+            shutil.copytree(source / folder, target / folder, dirs_exist_ok=True)
+    if (source / INVOCATIONS).is_file():
+        with (target / INVOCATIONS).open('a') as handle:
+            handle.write((source / INVOCATIONS).read_text())
+    shutil.rmtree(source)
+
+
+def retire(target: Path, methods: set[str]) -> None:
+    rows = read_rows(target / RESULTS_FILE)
+    gone = [row for row in rows if row['method'] in methods]
+    write_rows(target / RESULTS_FILE, [row for row in rows if row['method'] not in methods])
+    write_rows(target / RETIRED_FILE, read_rows(target / RETIRED_FILE) + gone)
+    print(f'{target / RETIRED_FILE}: {len(gone)} rows of {", ".join(sorted(methods))} retired')
+
+
+if __name__ == '__main__':
+    args = sys.argv[1:]
+    retired = set()
+    if '--retire' in args:
+        at = args.index('--retire')
+        retired = set(args[at + 1].split(','))
+        del args[at:at + 2]
+    if len(args) != 2:
+        raise SystemExit(__doc__)
+    merge(Path(args[0]), Path(args[1]))
+    if retired:
+        retire(Path(args[0]), retired)
