@@ -1,8 +1,9 @@
 """Throughput of the method's training step against KDLoss's, with a timm teacher, on tensors made here.
 
 Images per second of a training step of torchdistill's DistillationBox with KDLoss and with the method
-(GeneratorAuxiliaryDataset + TeacherConfidenceBatchSampler + MismatchKDLoss, at their defaults: 96 real +
-32 generated per step of 128, one pool per run), at the same batch, at CIFAR size (32x32) and ImageNet
+(GeneratorAuxiliaryDataset + TeacherConfidenceBatchSampler + MismatchKDLoss, at their defaults: 64 real +
+64 generated per step of 128, one pool per run, the teacher not run again on unmixed pool images:
+forward_batch_cached_teacher), at the same batch, at CIFAR size (32x32) and ImageNet
 size (224x224); the fitting stages' wall time; peak memory; and the time of an epoch (``--epoch-images``
 images, the sampler's epoch: as many steps as KDLoss's) with the pool's teacher passes included, against
 KDLoss's (issue 14's GPU target: at most 1.2x at 224 px in bf16 with a ResNet-50 teacher). No download:
@@ -58,7 +59,8 @@ def _config(size: int, batch: int, steps: int, method: bool, strategy: str, teac
         'key': 'KDLoss', 'kwargs': {'student_module_path': '.', 'student_module_io': 'output', 'teacher_module_path': '.',
                                     'teacher_module_io': 'output', 'temperature': 4.0, 'alpha': 0.5}}
     train = {'num_epochs': 1, 'train_data_loader': _loader(batch, method, strategy),
-             'teacher': {'forward_proc': 'forward_batch_only', 'requires_grad': False},
+             'teacher': {'forward_proc': 'forward_batch_cached_teacher' if method else 'forward_batch_only',
+                         'requires_grad': False},
              'student': {'forward_proc': 'forward_batch_only', 'requires_grad': True},
              'optimizer': {'key': 'SGD', 'kwargs': {'lr': 0.01, 'momentum': 0.9}},
              'criterion': {'key': 'WeightedSumLoss', 'kwargs': {'sub_terms': {'term': {'criterion': loss, 'weight': 1.0}}}}}

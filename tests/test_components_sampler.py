@@ -14,10 +14,11 @@ def _dataset(num_real: int = 200, pool_confidence: list[float] | None = None) ->
     real = TensorImageDataset(torch.zeros(num_real, 1, 8, 8), torch.arange(num_real) % 10, [str(c) for c in range(10)])
     dataset = GeneratorAuxiliaryDataset(real, num_classes=10)
     confidence = torch.tensor(pool_confidence if pool_confidence is not None else [0.9] * 100)
-    # A pool as refresh_pool() leaves it: images, their classes and the teacher's confidence.
+    # A pool as refresh_pool() leaves it: images, their classes, the teacher's confidence and logits.
     dataset.pool_images = torch.ones(len(confidence), 1, 8, 8)
     dataset.pool_labels = torch.arange(len(confidence)) % 10
     dataset.pool_confidence = confidence
+    dataset.pool_logits = torch.zeros(len(confidence), 10)
     return dataset
 
 

@@ -15,7 +15,6 @@ from torchdistill_mismatch import ConfigError, PoolContext, PoolStrategy, regist
 from torchdistill_mismatch.data import mismatch_dataset
 from torchdistill_mismatch.dataset import UNLABELLED, GeneratorAuxiliaryDataset, find_auxiliary_dataset
 from torchdistill_mismatch.knobs import Knob
-from torchdistill_mismatch.latent import teacher_confidence
 from torchdistill_mismatch.runner import train_and_evaluate
 from torchdistill_mismatch.strategies import POOL_STRATEGY_DICT
 
@@ -45,7 +44,7 @@ class JitterStrategy(PoolStrategy):
         images, labels = context.real_batch(indices)
         images = images + self.noise * self.data_std * torch.randn(images.shape, generator=rng)
         progress(len(indices))
-        return images, labels, teacher_confidence(context.teacher, images, labels)
+        return images, labels, context.teacher(images)
 
 
 @pytest.fixture
@@ -162,6 +161,7 @@ def test_mixup_weights_are_beta_alpha_alpha(alpha):
     dataset.pool_images = torch.ones(400, 1, 8, 8)
     dataset.pool_labels = torch.zeros(400, dtype=torch.long)
     dataset.pool_confidence = torch.ones(400)
+    dataset.pool_logits = torch.zeros(400, 2)
     weights = []
     for start in range(0, 400, 8):  # each batch of pool indices seeds its own draw
         for epoch in range(10):

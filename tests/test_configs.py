@@ -33,6 +33,7 @@ METHOD_ENTRIES = (
     'train.train_data_loader.kwargs.batch_size',  # moved into the batch sampler
     'train.train_data_loader.kwargs.drop_last',   # moved into the batch sampler
     'train.criterion.kwargs.sub_terms',          # MismatchKDLoss replaces KDLoss
+    'train.teacher.forward_proc',                # forward_batch_cached_teacher reuses the pool's teacher logits
 )
 
 

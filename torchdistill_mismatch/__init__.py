@@ -7,6 +7,7 @@ Importing the package registers, into torchdistill's own registries:
 - batch sampler ``TeacherConfidenceBatchSampler`` (:mod:`.sampler`),
 - mid-level loss ``MismatchKDLoss`` (:mod:`.loss`),
 - pre-epoch process ``mismatch_pre_epoch_process`` (:mod:`.processes`),
+- the teacher's forward process ``forward_batch_cached_teacher`` (:mod:`.teacher_cache`),
 - models ``timm_model`` and ``lenet5`` (:mod:`.models`), dataset ``mismatch_dataset`` (:mod:`.data`);
 
 and into the package's own registry of pool strategies (:mod:`.strategies`) ``ReRenderStrategy`` and
@@ -20,7 +21,7 @@ from ._version import __version__  # noqa: E402
 # fails with a KeyError unless torchvision.datasets was imported before it.
 import torchvision.datasets  # noqa: E402,F401
 
-from . import data, dataset, loss, models, processes, sampler, strategies  # noqa: E402,F401  (registers)
+from . import data, dataset, loss, models, processes, sampler, strategies, teacher_cache  # noqa: E402,F401  (registers)
 from . import rgb_data  # noqa: E402,F401  (registers fashion_rgb_dataset)
 from .dataset import GeneratorAuxiliaryDataset  # noqa: E402
 from .knobs import ConfigError  # noqa: E402

@@ -12,8 +12,11 @@ Flow (the pre-epoch process drives it; see :mod:`torchdistill_mismatch.processes
    :class:`~torchdistill_mismatch.sampler.TeacherConfidenceBatchSampler`.
 
 The dataset does not know which strategy made the pool. Each item is ``(image, label, supp)`` with
-``supp = {'is_generated': bool, 'teacher_confidence': float}`` (-1 for real samples, whose confidence is
-not computed here).
+``supp = {'is_generated': bool, 'teacher_confidence': float, 'teacher_logits': (num_classes,) tensor,
+'has_teacher_logits': bool}``: confidence -1 and zero logits for real samples and mixes, whose teacher
+outputs are not computed here; an unmixed pool image carries the logits the teacher gave it when the pool
+was made, which the ``forward_batch_cached_teacher`` forward process (:mod:`.teacher_cache`) serves in
+place of a second teacher pass.
 
 Example YAML (under ``train.train_data_loader``)::
 
@@ -34,7 +37,7 @@ import contextlib
 import logging
 import os
 import warnings
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -46,6 +49,7 @@ from .artifact import (config_fingerprint, load_artifact, model_fingerprint, pac
                        stale_reasons, tensor_fingerprint)
 from .distributed import broadcast_object_from_rank0
 from .knobs import REQUIRED, ConfigError, Knob, closest_hint, resolve_knobs
+from .latent import label_probability
 from .progress import is_main_process, progress_bar, timed_stage
 from .strategies import POOL_STRATEGY_DICT, PoolContext, PoolStrategy, get_pool_strategy
 
@@ -86,6 +90,15 @@ KNOBS = (
     Knob('artifact_path', str, None, nullable=True, doc='where to save/load the fitted strategy; empty = refit each run'),
     Knob('seed', int, 0, low=0, doc='seed of fitting and pool sampling (pools are identical across ranks)'),
 )
+
+
+class Pool(NamedTuple):
+    """A generated pool after the confidence filter (fp32 on the host), and the classes drawn before it."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    confidence: torch.Tensor  # p_T(label | image)
+    logits: torch.Tensor      # the teacher's logits on each image, (n, num_classes)
+    drawn: torch.Tensor       # the class of every generated image, kept or not
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
@@ -227,6 +240,7 @@ class GeneratorAuxiliaryDataset(Dataset):
         self.pool_images = torch.empty(0, *self.image_shape)
         self.pool_labels = torch.empty(0, dtype=torch.long)
         self.pool_confidence = torch.empty(0)
+        self.pool_logits = torch.empty(0, self.num_classes)
         self.pool_refresh_count = 0
         self.last_refresh_epoch = None
         self.current_epoch = 0
@@ -258,7 +272,7 @@ class GeneratorAuxiliaryDataset(Dataset):
         for k, index in enumerate(indices):
             if index < offset:
                 image, label = self.org_dataset[index][:2]
-                items[k] = (image, int(label), {'is_generated': False, 'teacher_confidence': -1.0})
+                items[k] = (image, int(label), self._supp(False, -1.0, None))
             else:
                 pool_at.append(k)
                 pool_j.append(index - offset)
@@ -279,7 +293,7 @@ class GeneratorAuxiliaryDataset(Dataset):
         """
         j = torch.tensor(pool_j, dtype=torch.long)
         images = self.pool_images[j]  # a copy: mixing below leaves the pool as it is
-        labels, confidence = self.pool_labels[j].tolist(), self.pool_confidence[j].tolist()
+        labels, confidence, logits = self.pool_labels[j].tolist(), self.pool_confidence[j].tolist(), self.pool_logits[j]
         mixed = torch.zeros(len(pool_j), dtype=torch.bool)
         if self.config['mixup_alpha'] > 0 and self.config['mixup_fraction'] > 0:
             # Python's hash of a tuple of ints does not depend on PYTHONHASHSEED: every process agrees.
@@ -296,9 +310,17 @@ class GeneratorAuxiliaryDataset(Dataset):
                                     for i in partners[at].tolist()])
                 weight = lam[at].view(-1, *[1] * (real.dim() - 1))
                 images[at] = weight * images[at] + (1 - weight) * real
-        return [(images[k], UNLABELLED, {'is_generated': True, 'teacher_confidence': -1.0}) if is_mixed else
-                (images[k], labels[k], {'is_generated': True, 'teacher_confidence': confidence[k]})
+        # A mix needs the teacher's pass in the step (its output is not the mix of the two outputs); an
+        # unmixed pool image carries the logits its teacher pass gave at generation.
+        return [(images[k], UNLABELLED, self._supp(True, -1.0, None)) if is_mixed else
+                (images[k], labels[k], self._supp(True, confidence[k], logits[k]))
                 for k, is_mixed in enumerate(mixed.tolist())]
+
+    def _supp(self, is_generated: bool, confidence: float, logits: torch.Tensor | None) -> dict[str, Any]:
+        """An item's supplementary dict; every item has the same keys, so torch's collate batches them."""
+        return {'is_generated': is_generated, 'teacher_confidence': confidence,
+                'teacher_logits': torch.zeros(self.num_classes) if logits is None else logits,
+                'has_teacher_logits': logits is not None}
 
     # -- fitting ---------------------------------------------------------------------------------------
     def _build_strategy(self) -> PoolStrategy:
@@ -389,14 +411,10 @@ class GeneratorAuxiliaryDataset(Dataset):
 
     @torch.no_grad()
     def generate_pool(self, teacher: nn.Module, device: torch.device | str = 'cpu', refresh_index: int = 0
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      ) -> Pool:
         """A pool as :meth:`refresh_pool` makes it, returned instead of installed (the dataset is unchanged).
 
         The pool depends only on ``seed`` and ``refresh_index``, so every rank builds the same pool.
-
-        Returns:
-            (kept images in fp32 on the CPU, their classes, their teacher confidence, the classes of every
-            generated image before the filter).
         """
         if not self.fitted:
             raise RuntimeError('a pool before fit(); the pre-epoch process calls fit() first')
@@ -404,19 +422,25 @@ class GeneratorAuxiliaryDataset(Dataset):
         teacher.eval()
         rng = torch.Generator(device=device).manual_seed(self.config['seed'] * 1_000_003 + refresh_index)
         bar = progress_bar(self.config['pool_size'], 'generate pool')
-        images, labels, confidence = self.strategy.generate(self._context(teacher, device), rng, bar.update)
+        images, labels, logits = self.strategy.generate(self._context(teacher, device), rng, bar.update)
         bar.close()
+        if logits.shape != (len(labels), self.num_classes):
+            raise ConfigError(f'{WRAPPER_PATH}.strategy = {self.strategy_key!r}: generate() returned a third value of '
+                              f'shape {tuple(logits.shape)}; it must be the teacher\'s logits, ({len(labels)}, '
+                              f'{self.num_classes}) (once it was the confidence p_T(class | image))')
+        confidence = label_probability(logits, labels)
         keep = confidence >= self.config['confidence_threshold']
         # fp32 on the host whatever the autocast dtype: the loader collates pool and real images together.
-        return (images[keep].float().cpu(), labels[keep].cpu(), confidence[keep].float().cpu(), labels.cpu())
+        return Pool(images[keep].float().cpu(), labels[keep].cpu(), confidence[keep].cpu(),
+                    logits[keep].float().cpu(), labels.cpu())
 
     def refresh_pool(self, teacher: nn.Module, device: torch.device | str = 'cpu', refresh_index: int = 0) -> None:
         """Generates a new pool (see :meth:`generate_pool`), installs it and records its pass rate."""
         with timed_stage('pool_generation', self.timings):
-            self.pool_images, self.pool_labels, self.pool_confidence, drawn = self.generate_pool(
-                teacher, device, refresh_index)
+            pool = self.generate_pool(teacher, device, refresh_index)
+        self.pool_images, self.pool_labels, self.pool_confidence, self.pool_logits = pool[:4]
         self.pool_refresh_count += 1
-        self._log_pool(drawn)
+        self._log_pool(pool.drawn)
 
     def _log_pool(self, drawn: torch.Tensor) -> None:
         kept = torch.bincount(self.pool_labels, minlength=self.num_classes)

@@ -229,7 +229,7 @@ def plot_samples(dataset: Any, teacher: Any, device: str, path: Path) -> None:
     try:
         # A refresh index no training epoch uses, so the figure's draws are its own; generate_pool leaves
         # the dataset's pool and recorded history as training left them.
-        images, labels, confidence, _ = dataset.generate_pool(teacher, device, refresh_index=FIGURE_REFRESH_INDEX)
+        images, labels, confidence = dataset.generate_pool(teacher, device, refresh_index=FIGURE_REFRESH_INDEX)[:3]
     finally:
         dataset.config.update(saved)
     real_indices = [int(i) for c in range(num_classes) for i in torch.nonzero(dataset.labels == c).flatten()[:k]]

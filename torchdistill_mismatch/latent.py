@@ -154,6 +154,11 @@ class TransformProposal(nn.Module):
                                       std.clamp_min(0).maximum(self.MIN_STD_FRACTION * self.prior_std))
 
 
+def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """p(label | image) from a model's logits: each row's softmax probability of its own label, in fp32."""
+    return F.softmax(logits.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+
+
 def teacher_confidence(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """p_T(label | image): the teacher's probability of each image's own label, in fp32 under any autocast."""
-    return F.softmax(teacher(images).float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+    return label_probability(teacher(images), labels)

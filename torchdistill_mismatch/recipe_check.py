@@ -91,8 +91,9 @@ def _check_component(entry: Any, registry: Mapping[str, Any], where: str) -> Non
 
 def _check_train_components(train: dict, prefix: str) -> None:
     """Registry keys (and declared knobs) of the processes, loaders' components and the criterion."""
-    from torchdistill.core.interfaces.registry import (POST_EPOCH_PROC_FUNC_DICT, POST_FORWARD_PROC_FUNC_DICT,
-                                                       PRE_EPOCH_PROC_FUNC_DICT, PRE_FORWARD_PROC_FUNC_DICT)
+    from torchdistill.core.interfaces.registry import (FORWARD_PROC_FUNC_DICT, POST_EPOCH_PROC_FUNC_DICT,
+                                                       POST_FORWARD_PROC_FUNC_DICT, PRE_EPOCH_PROC_FUNC_DICT,
+                                                       PRE_FORWARD_PROC_FUNC_DICT)
     from torchdistill.datasets.registry import BATCH_SAMPLER_DICT, COLLATE_FUNC_DICT, DATASET_WRAPPER_DICT
     from torchdistill.losses.registry import (HIGH_LEVEL_LOSS_DICT, LOSS_DICT, LOSS_WRAPPER_DICT, LOW_LEVEL_LOSS_DICT,
                                               MIDDLE_LEVEL_LOSS_DICT)
@@ -103,6 +104,17 @@ def _check_train_components(train: dict, prefix: str) -> None:
                           ('post_epoch_process', POST_EPOCH_PROC_FUNC_DICT)):
         if train.get(key):
             check_registry_key(train[key], registry, f'{prefix}train.{key}')
+    for model in ('teacher', 'student', 'model'):
+        forward_proc = (train.get(model) or {}).get('forward_proc')
+        if isinstance(forward_proc, str):
+            check_registry_key(forward_proc, FORWARD_PROC_FUNC_DICT, f'{prefix}train.{model}.forward_proc')
+    teacher = train.get('teacher') or {}
+    if teacher.get('forward_proc') == 'forward_batch_cached_teacher' and teacher.get('requires_grad'):
+        # The pool's logits come from the teacher as it was when the pool was made: a teacher that trains
+        # would be served stale outputs.
+        raise ConfigError(f"{prefix}train.teacher.forward_proc = 'forward_batch_cached_teacher' serves the pool's "
+                          "teacher outputs from when the pool was made, but train.teacher.requires_grad is true: "
+                          "write forward_proc: 'forward_batch_only' for a teacher that trains")
     for loader_key in ('train_data_loader', 'val_data_loader'):
         loader = train.get(loader_key) or {}
         where = f'{prefix}train.{loader_key}'

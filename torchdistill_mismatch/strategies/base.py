@@ -132,8 +132,11 @@ class PoolStrategy(nn.Module):
 
     def generate(self, context: PoolContext, rng: torch.Generator,
                  progress: Progress) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``context.pool_size`` images before filtering: (images, their classes, p_T(class | image)).
+        """``context.pool_size`` images before filtering: (images, their classes, the teacher's logits on them).
 
+        The logits come from the teacher pass that scores the images anyway: the dataset derives the
+        confidence p_T(class | image) from them and serves them with the unmixed pool images, so that a
+        training step need not run the teacher on those again (:mod:`torchdistill_mismatch.teacher_cache`).
         Draw every random number from ``rng`` so that each rank builds the same pool.
         """
         raise NotImplementedError

@@ -20,7 +20,7 @@ import torch
 
 from ..generator import GENERATOR_DICT, build_generator, fit_generator
 from ..knobs import Knob, check_registry_key, resolve_knobs
-from ..latent import ClassLatentDistribution, fit_latent, teacher_confidence
+from ..latent import ClassLatentDistribution, fit_latent
 from ..progress import progress_bar, timed_stage
 from .base import PoolContext, PoolStrategy, Progress
 from .registry import register_pool_strategy
@@ -102,12 +102,12 @@ class CVAEStrategy(PoolStrategy):
 
     def generate(self, context: PoolContext, rng: torch.Generator,
                  progress: Progress) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z ~ q_c for labels drawn from the class prior, decoded and scored by the teacher."""
+        """z ~ q_c for labels drawn from the class prior, decoded, with the teacher's logits on them."""
         labels = context.draw_labels(context.pool_size, rng)
-        images, confidence = [], []
+        images, logits = [], []
         for chunk in labels.split(context.generation_batch_size):
             decoded = self.generator.decode(self.latent.sample(chunk, rng), chunk)
             images.append(decoded)
-            confidence.append(teacher_confidence(context.teacher, decoded, chunk))
+            logits.append(context.teacher(decoded).float())
             progress(chunk.numel())
-        return torch.cat(images), labels, torch.cat(confidence)
+        return torch.cat(images), labels, torch.cat(logits)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..generator import channel_range
 from ..knobs import ConfigError, Knob, resolve_knobs
-from ..latent import TransformProposal, teacher_confidence
+from ..latent import TransformProposal, label_probability
 from ..progress import progress_bar, timed_stage
 from ..renderer import DEFAULT_TRANSFORMS, TRANSFORMS, ImageTransformGenerator, check_transforms, family_for
 from .base import PoolContext, PoolStrategy, Progress
@@ -58,13 +58,14 @@ def best_of_candidates(renderer: ImageTransformGenerator, proposal: TransformPro
             round's lesson: the top of the confidence scale is a few prototypes).
 
     Returns:
-        (chosen rendered images, their theta, the teacher's probability of the label on them).
+        (chosen rendered images, their theta, the teacher's logits on them in fp32).
     """
     n = images.shape[0]
     thetas = torch.stack([proposal.sample(labels, rng) for _ in range(candidates)], dim=1)  # (n, K, P)
     thetas[:, 0] = 0.0  # keep the image as it is when that already suits the teacher
     rendered = renderer.render(images.repeat_interleave(candidates, 0), thetas.flatten(0, 1), rng)
-    confidence = teacher_confidence(teacher, rendered, labels.repeat_interleave(candidates)).view(n, candidates)
+    logits = teacher(rendered).float()
+    confidence = label_probability(logits, labels.repeat_interleave(candidates)).view(n, candidates)
     if choice == 'best':
         best = confidence.argmax(dim=1)
     else:
@@ -74,7 +75,7 @@ def best_of_candidates(renderer: ImageTransformGenerator, proposal: TransformPro
         best = scores.argmax(dim=1)
         best = torch.where(passing.any(dim=1), best, confidence.argmax(dim=1))
     pick = torch.arange(n, device=images.device) * candidates + best
-    return rendered[pick], thetas.flatten(0, 1)[pick], confidence.flatten()[pick]
+    return rendered[pick], thetas.flatten(0, 1)[pick], logits[pick]
 
 
 @register_pool_strategy
@@ -152,24 +153,24 @@ class ReRenderStrategy(PoolStrategy):
 
     def _search(self, context: PoolContext, indices: torch.Tensor, rng: torch.Generator, progress: Progress
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The chosen rendering of each real image at ``indices``: (images, labels, theta, confidence)."""
-        images, labels, thetas, confidence = [], [], [], []
+        """The chosen rendering of each real image at ``indices``: (images, labels, theta, teacher logits)."""
+        images, labels, thetas, logits = [], [], [], []
         for chunk in indices.split(self._chunk(context)):
             real, chunk_labels = context.real_batch(chunk)
             if self.learn_latent:
-                rendered, theta, chunk_conf = best_of_candidates(
+                rendered, theta, chunk_logits = best_of_candidates(
                     self.renderer, self.proposal, context.teacher, real, chunk_labels, self.candidates, rng,
                     self.candidate_choice, context.confidence_threshold)
             else:  # ablation: one draw from the prior, no search
                 theta = self.proposal.sample(chunk_labels, rng)
                 rendered = self.renderer.render(real, theta, rng)
-                chunk_conf = teacher_confidence(context.teacher, rendered, chunk_labels)
+                chunk_logits = context.teacher(rendered).float()
             images.append(rendered)
             labels.append(chunk_labels)
             thetas.append(theta)
-            confidence.append(chunk_conf)
+            logits.append(chunk_logits)
             progress(chunk.numel())
-        return torch.cat(images), torch.cat(labels), torch.cat(thetas), torch.cat(confidence)
+        return torch.cat(images), torch.cat(labels), torch.cat(thetas), torch.cat(logits)
 
     @torch.no_grad()
     def fit(self, context: PoolContext) -> None:
@@ -184,9 +185,9 @@ class ReRenderStrategy(PoolStrategy):
             rates = []
             for _ in range(self.proposal_rounds):
                 indices = context.draw_real_indices(min(context.pool_size, MAX_PROPOSAL_IMAGES), rng)
-                _, labels, theta, confidence = self._search(context, indices, rng, progress=lambda n: None)
+                _, labels, theta, logits = self._search(context, indices, rng, progress=lambda n: None)
                 # Elites: the chosen candidate (candidate_choice) of each image that the teacher accepts.
-                elite = confidence >= context.confidence_threshold
+                elite = label_probability(logits, labels) >= context.confidence_threshold
                 rates.append(float(elite.float().mean()))
                 self.proposal.refit(theta[elite], labels[elite])
                 bar.update(1)
@@ -198,5 +199,5 @@ class ReRenderStrategy(PoolStrategy):
                  progress: Progress) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Real images drawn by the class prior, each re-rendered as the chosen one of ``candidates`` draws."""
         indices = context.draw_real_indices(context.pool_size, rng)
-        images, labels, _, confidence = self._search(context, indices, rng, progress)
-        return images, labels, confidence
+        images, labels, _, logits = self._search(context, indices, rng, progress)
+        return images, labels, logits
