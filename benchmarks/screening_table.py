@@ -49,9 +49,8 @@ def main() -> None:
         acc = statistics.mean(float(runs[s]['test_acc']) for s in seeds)
         gain = statistics.mean(float(runs[s]['test_acc']) - float(base[s]['test_acc']) for s in seeds)
         domain = [float(runs[s]['student_domain_acc']) for s in seeds if runs[s].get('student_domain_acc')]
-        print(f'| {scenario} | `{method}` | {len(seeds)} | {acc:.2f} | {gain:+.2f} | '
-              f'{statistics.mean(domain):.2f} |' if domain else
-              f'| {scenario} | `{method}` | {len(seeds)} | {acc:.2f} | {gain:+.2f} | |')
+        domain_cell = f'{statistics.mean(domain):.2f}' if domain else ''
+        print(f'| {scenario} | `{method}` | {len(seeds)} | {acc:.2f} | {gain:+.2f} | {domain_cell} |')
 
 
 if __name__ == '__main__':
