@@ -53,7 +53,7 @@ def test_pool_holds_only_images_the_teacher_accepts(digits_teacher):
     real = mismatch_dataset('digits', 'student', 'none', seed=0, image_size=16)
     dataset = GeneratorAuxiliaryDataset(real, num_classes=10, strategy='CVAEStrategy', latent_dim=8,
                                         base_channels=16, fit_steps=60, latent_steps=20, pool_size=300,
-                                        confidence_threshold=0.6, mixup_alpha=0.0)
+                                        min_kept=0, confidence_threshold=0.6, mixup_alpha=0.0)
     dataset.fit(digits_teacher, 'cpu')
     dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
     assert 0 < len(dataset.pool_labels) <= 300
@@ -67,6 +67,32 @@ def test_pool_holds_only_images_the_teacher_accepts(digits_teacher):
     first = dataset.pool_images.clone()
     dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
     assert torch.equal(first, dataset.pool_images), 'the same refresh index must give the same pool on every rank'
+
+
+def test_a_refresh_draws_until_the_pool_holds_min_kept_images_within_four_first_rounds(digits_teacher):
+    """Under the covariate shift the teacher rejects many renderings, so one round of pool_size draws keeps
+    few; the refresh draws again, rounds sized by the pass rate so far, until min_kept are kept, and stops at
+    4 x pool_size draws whatever it has kept."""
+    real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
+
+    def pool(**knobs):
+        dataset = GeneratorAuxiliaryDataset(real, num_classes=10, pool_size=200, mixup_alpha=0.0, **knobs)
+        dataset.fit(digits_teacher, 'cpu')
+        return dataset.generate_pool(digits_teacher, 'cpu', refresh_index=0)
+
+    one_round = pool(min_kept=0)
+    kept = len(one_round.labels)
+    assert len(one_round.drawn) == 200 and 0 < kept < 150, f'the filter should reject some of 200: kept {kept}'
+    grown = pool(min_kept=kept + 100)
+    print(f'\n[min_kept] one round kept {kept} of 200; min_kept {kept + 100}: kept {len(grown.labels)} '
+          f'of {len(grown.drawn)} draws')
+    assert len(grown.labels) >= kept + 100 and 200 < len(grown.drawn) <= 800
+    # The first round is the one-round pool: one rng runs through the rounds.
+    assert torch.equal(grown.images[:kept], one_round.images) and torch.equal(grown.logits[:kept], one_round.logits)
+    assert bool((grown.confidence >= 0.5).all())
+    capped = pool(min_kept=100_000)
+    assert len(capped.drawn) == 800 and len(capped.labels) < 800
+    assert torch.equal(pool(min_kept=kept + 100).images, grown.images), 'the same refresh index, the same pool'
 
 
 @pytest.mark.parametrize('shape', [(1, 28, 28), (3, 32, 32), (3, 224, 224), (1, 16, 16)])

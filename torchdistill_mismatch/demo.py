@@ -224,8 +224,9 @@ def plot_samples(dataset: Any, teacher: Any, device: str, path: Path) -> None:
 
     num_classes, k = dataset.num_classes, SAMPLES_PER_CLASS
     threshold = dataset.config['confidence_threshold']
-    saved = {key: dataset.config[key] for key in ('confidence_threshold', 'pool_size')}
-    dataset.config.update(confidence_threshold=0.0, pool_size=4 * k * num_classes)
+    saved = {key: dataset.config[key] for key in ('confidence_threshold', 'pool_size', 'min_kept')}
+    # One round of exactly these draws: the figure shows what the teacher made of each, kept or not.
+    dataset.config.update(confidence_threshold=0.0, pool_size=4 * k * num_classes, min_kept=0)
     try:
         # A refresh index no training epoch uses, so the figure's draws are its own; generate_pool leaves
         # the dataset's pool and recorded history as training left them.

@@ -46,7 +46,8 @@ class PoolContext:
         teacher: the frozen teacher, in eval mode.
         device: where fitting and generation run.
         class_prior: class proportions of the pool (``class_prior`` knob), a probability vector.
-        pool_size: images generated per refresh, before the confidence filter.
+        pool_size: images to generate in this call, before the confidence filter (a refresh may call
+            ``generate`` more than once, until the filter has kept ``min_kept``; a fit gets the knob's value).
         confidence_threshold: tau; the dataset filters the pool, strategies may also search toward it.
         generation_batch_size: images per teacher pass.
         seed: the dataset's seed.
