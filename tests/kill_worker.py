@@ -73,7 +73,7 @@ def main() -> None:
     # The CVAE strategy: its generator fit and latent fit are the two stages a kill must not corrupt.
     auxiliary = GeneratorAuxiliaryDataset(
         real, num_classes=10, strategy='CVAEStrategy', architecture='ConvCVAE', latent_dim=4, base_channels=8,
-        fit_steps=40, latent_steps=10, pool_size=400, generation_batch_size=64, confidence_threshold=0.0,
+        fit_steps=40, latent_steps=10, pool_size=400, min_kept=0, generation_batch_size=64, confidence_threshold=0.0,
         artifact_path=artifact)
     auxiliary.prepare_epoch(teacher.eval(), 'cpu', epoch=0)
     print('pool', len(auxiliary.pool_labels), 'fitted', 'generator_fit' in auxiliary.timings, flush=True)

@@ -1,6 +1,8 @@
 """The generator and the learned latent on scikit-learn's digits, with a teacher trained in the session."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -69,10 +71,10 @@ def test_pool_holds_only_images_the_teacher_accepts(digits_teacher):
     assert torch.equal(first, dataset.pool_images), 'the same refresh index must give the same pool on every rank'
 
 
-def test_a_refresh_draws_until_the_pool_holds_min_kept_images_within_four_first_rounds(digits_teacher):
+def test_a_refresh_draws_until_the_pool_holds_min_kept_images_within_four_first_rounds(digits_teacher, caplog):
     """Under the covariate shift the teacher rejects many renderings, so one round of pool_size draws keeps
     few; the refresh draws again, rounds sized by the pass rate so far, until min_kept are kept, and stops at
-    4 x pool_size draws whatever it has kept."""
+    4 x pool_size draws whatever it has kept, saying that the pool fell short."""
     real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
 
     def pool(**knobs):
@@ -90,8 +92,10 @@ def test_a_refresh_draws_until_the_pool_holds_min_kept_images_within_four_first_
     # The first round is the one-round pool: one rng runs through the rounds.
     assert torch.equal(grown.images[:kept], one_round.images) and torch.equal(grown.logits[:kept], one_round.logits)
     assert bool((grown.confidence >= 0.5).all())
-    capped = pool(min_kept=100_000)
+    with caplog.at_level(logging.WARNING, logger='torchdistill_mismatch.dataset'):
+        capped = pool(min_kept=100_000)
     assert len(capped.drawn) == 800 and len(capped.labels) < 800
+    assert 'fewer than min_kept = 100000, after 800 draws' in caplog.text
     assert torch.equal(pool(min_kept=kept + 100).images, grown.images), 'the same refresh index, the same pool'
 
 
@@ -115,8 +119,8 @@ def test_anchored_renderings_find_the_teachers_domain_for_shifted_images(digits_
     """Under the covariate shift the teacher is often wrong on the student's own images; the renderings
     chosen among candidates pass its filter far more often, and every class keeps images."""
     real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
-    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, pool_size=600, candidates=8, mixup_alpha=0.0,
-                                        learn_latent=True)  # the search: what this test is about
+    dataset = GeneratorAuxiliaryDataset(real, num_classes=10, pool_size=600, min_kept=0, candidates=8,
+                                        mixup_alpha=0.0, learn_latent=True)  # the search: what this test is about
     dataset.fit(digits_teacher, 'cpu')
     dataset.refresh_pool(digits_teacher, 'cpu', refresh_index=0)
     with torch.no_grad():

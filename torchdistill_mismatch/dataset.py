@@ -66,13 +66,13 @@ UNLABELLED = -1
 # enough for an ImageNet-sized folder (each item is one decode).
 FINGERPRINT_ITEMS = 256
 DEFAULT_STRATEGY = 'ReRenderStrategy'
-# Before 0.2 the wrapper's ``generator`` knob chose the pool's generator; these names keep such recipes working.
 # A refresh stops drawing at MAX_DRAW_FACTOR x pool_size draws, min_kept reached or not: a teacher that
-# rejects nearly everything costs at most four first rounds, and the warning on empty classes says why.
+# rejects nearly everything costs at most four first rounds, and a warning says the pool fell short.
 MAX_DRAW_FACTOR = 4
-# A round after the first draws 10% more than the pass rate so far says is missing, so that one extra
-# round usually reaches min_kept.
-ROUND_MARGIN = 1.1
+# A round after the first draws 10% more than the pass rate so far says is missing (in percent, so that
+# integer arithmetic sizes it), so that one extra round usually reaches min_kept.
+ROUND_MARGIN_PERCENT = 110
+# Before 0.2 the wrapper's ``generator`` knob chose the pool's generator; these names keep such recipes working.
 LEGACY_GENERATORS = {'ImageTransformGenerator': ('ReRenderStrategy', {}), 'ConvCVAE': ('CVAEStrategy', {})}
 
 KNOBS = (
@@ -84,20 +84,25 @@ KNOBS = (
     Knob('generator', str, None, nullable=True,
          doc='before 0.2 this chose the generator: ImageTransformGenerator now means strategy ReRenderStrategy, '
              'any other name CVAEStrategy with that architecture; write `strategy` instead'),
-    Knob('pool_size', int, 2000, low=1, doc='images generated in the first round of a refresh, before the confidence filter'),
+    Knob('pool_size', int, 2000, low=1,
+         doc='images generated in the first round of a refresh, before the confidence filter'),
     Knob('min_kept', int, 1000, low=0,
          doc='images the pool should hold after the filter: while it holds fewer, the strategy draws again, '
-             'each round sized by the pass rate so far, up to 4 x pool_size draws a refresh; 0 = pool_size '
+             'each round sized by the pass rate so far and at most pool_size, up to 4 x pool_size draws a '
+             'refresh (so min_kept above 4 x pool_size is never reached; a warning says so); 0 = pool_size '
              'draws only (round 7). The pool is what the sampler serves from, so its size should not shrink '
              'where the teacher rejects more: 2,000 draws keep about 1,000 images of data the teacher knows (a '
              '50% pass rate) but 400 under a covariate shift (20%), each then served about 45 times in 280 '
-             'steps. 1,000 leaves the first case as it was and spends extra draws only where the teacher '
-             'rejects; larger pools gained more at 2x in screening (2,000: +1.8 test points under the covariate '
-             'shift) but each draw is a teacher pass, which a timm teacher makes dear (docs/method.md, round 8)'),
+             'steps. 1,000 leaves the first case as it was, up to a small top-up round, and spends extra draws '
+             'where the teacher rejects; larger pools gained more at 2x in screening (2,000: +1.8 test points '
+             'under the covariate shift) but each draw is a teacher pass, which a timm teacher makes dear '
+             '(docs/method.md, round 8)'),
     Knob('refresh_every', int, 0, low=0,
-         doc='epochs between pool refreshes; 0 = one pool for the whole run. A pool costs pool_size x '
-             'candidates teacher passes (at the defaults 4,000: two thirds of a KD epoch on 6,000 images); '
-             'refreshing every 2 epochs cost as much as it gave at equal compute (docs/method.md)'),
+         doc='epochs between pool refreshes; 0 = one pool for the whole run. A pool costs a teacher pass per '
+             'draw (candidates per draw with learn_latent), pool_size to 4 x pool_size draws (min_kept): '
+             'at the defaults 2,000 where the teacher knows the data, about two thirds of a KD epoch on '
+             '6,000 images. Refreshing every 2 epochs did not pay at 1x in screening and gained at 2x about '
+             'what a larger single pool gains (docs/method.md, rounds 7 and 8)'),
     Knob('confidence_threshold', float, 0.5, low=0, high=1, doc='tau: keep an image when p_T(its class) >= tau'),
     Knob('class_prior', str, 'uniform', choices=('uniform', 'data', 'inverse'),
          doc='class proportions of the pool: uniform, as in the real data, or inverse to it (rebalancing)'),
@@ -236,9 +241,9 @@ class GeneratorAuxiliaryDataset(Dataset):
                  generator: str | None = None, **strategy_kwargs: Any):
         self.config, self.strategy_key, self.strategy_kwargs = resolve_wrapper_kwargs(dict(
             strategy_kwargs, num_classes=num_classes, strategy=strategy, generator=generator, pool_size=pool_size,
-            min_kept=min_kept, refresh_every=refresh_every, confidence_threshold=confidence_threshold, class_prior=class_prior,
-            mixup_alpha=mixup_alpha, mixup_fraction=mixup_fraction, generation_batch_size=generation_batch_size,
-            artifact_path=artifact_path, seed=seed))
+            min_kept=min_kept, refresh_every=refresh_every, confidence_threshold=confidence_threshold,
+            class_prior=class_prior, mixup_alpha=mixup_alpha, mixup_fraction=mixup_fraction,
+            generation_batch_size=generation_batch_size, artifact_path=artifact_path, seed=seed))
         self.strategy_class = get_pool_strategy(self.strategy_key)
         if len(org_dataset) == 0:
             raise ConfigError(f'{WRAPPER_PATH}: the wrapped dataset is empty')
@@ -450,26 +455,40 @@ class GeneratorAuxiliaryDataset(Dataset):
             if logits.shape != (len(labels), self.num_classes):
                 raise ConfigError(f'{WRAPPER_PATH}.strategy = {self.strategy_key!r}: generate() returned a third '
                                   f'value of shape {tuple(logits.shape)}; it must be the teacher\'s logits, '
-                                  f'({len(labels)}, {self.num_classes}) (once it was the confidence p_T(class | image))')
+                                  f'({len(labels)}, {self.num_classes}) (once it was the confidence '
+                                  f'p_T(class | image))')
             confidence = label_probability(logits, labels)
-            keep = confidence >= self.config['confidence_threshold']
+            # Rank 0's verdicts on every rank: an image on the threshold that another device's kernels score
+            # across it would change the pool's length, the next round's size and so every later draw, and
+            # the sampler's shards (pool image j on rank j % world_size) would no longer line up.
+            keep = broadcast_object_from_rank0((confidence >= self.config['confidence_threshold']).cpu())
+            kept, drawn = kept + int(keep.sum()), drawn + draws
+            keep = keep.to(confidence.device)
             # fp32 on the host whatever the autocast dtype: the loader collates pool and real images together.
             rounds.append(Pool(images[keep].float().cpu(), labels[keep].cpu(), confidence[keep].cpu(),
                                logits[keep].float().cpu(), labels.cpu()))
-            kept, drawn = kept + int(keep.sum()), drawn + len(labels)
-            draws = self._next_round(kept, drawn)
+            # A strategy that returned nothing would be asked again forever.
+            draws = self._next_round(kept, drawn) if len(labels) else 0
             bar.total += draws
         bar.close()
+        if 0 < kept < self.config['min_kept'] and is_main_process():
+            logger.warning('[torchdistill_mismatch] the pool holds %d images, fewer than min_kept = %d, after %d '
+                           'draws (at most 4 x pool_size); raise pool_size, or lower confidence_threshold or '
+                           'min_kept', kept, self.config['min_kept'], drawn)
         return Pool(*(torch.cat(parts) for parts in zip(*rounds)))
 
     def _next_round(self, kept: int, drawn: int) -> int:
-        """Draws of the next round: what the pass rate so far says is missing to ``min_kept``, within the cap."""
+        """Draws of the next round: what the pass rate so far says is missing to ``min_kept``, within the cap.
+
+        At most ``pool_size``: a round's renderings then take no more device memory than the first's.
+        """
         missing = self.config['min_kept'] - kept
         left = MAX_DRAW_FACTOR * self.config['pool_size'] - drawn
         if missing <= 0 or left <= 0 or kept == 0:
             # kept == 0: a teacher that kept nothing will keep nothing more; _log_pool warns about it.
             return 0
-        return min(left, math.ceil(ROUND_MARGIN * missing * drawn / kept))
+        wanted = -(-ROUND_MARGIN_PERCENT * missing * drawn // (100 * kept))  # ceil, in integers
+        return min(left, self.config['pool_size'], wanted)
 
     def refresh_pool(self, teacher: nn.Module, device: torch.device | str = 'cpu', refresh_index: int = 0) -> None:
         """Generates a new pool (see :meth:`generate_pool`), installs it and records its pass rate."""

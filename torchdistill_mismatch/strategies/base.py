@@ -47,7 +47,8 @@ class PoolContext:
         device: where fitting and generation run.
         class_prior: class proportions of the pool (``class_prior`` knob), a probability vector.
         pool_size: images to generate in this call, before the confidence filter (a refresh may call
-            ``generate`` more than once, until the filter has kept ``min_kept``; a fit gets the knob's value).
+            ``generate`` more than once, until the filter has kept ``min_kept``, so each call must draw anew
+            from the ``rng`` it is given; a fit gets the knob's value).
         confidence_threshold: tau; the dataset filters the pool, strategies may also search toward it.
         generation_batch_size: images per teacher pass.
         seed: the dataset's seed.
