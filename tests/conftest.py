@@ -1,8 +1,12 @@
-"""Shared fixtures: a digits teacher trained once per session with torchdistill's TrainingBox."""
+"""Shared fixtures: a digits teacher trained once per session with torchdistill's TrainingBox, and the
+scripts of benchmarks/ loaded as modules."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import pytest
 import torch
@@ -11,6 +15,18 @@ os.environ.setdefault('TORCHDISTILL_MISMATCH_PROGRESS', '0')
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 CONFIG_DIR = Path(__file__).parent / 'configs'
+BENCHMARK_SCRIPTS = Path(__file__).resolve().parent.parent / 'benchmarks'
+
+
+@pytest.fixture
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """Loads ``benchmarks/<name>.py`` as a module: the folder holds scripts, not a package."""
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARK_SCRIPTS / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture

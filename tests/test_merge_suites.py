@@ -1,26 +1,14 @@
 """benchmarks/merge_suites.py: the second process's folder merged into the first, rows of dropped methods retired."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from torchdistill_mismatch.bench.results import read_rows, write_rows
-
-SCRIPT = Path(__file__).resolve().parent.parent / 'benchmarks' / 'merge_suites.py'
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location('merge_suites', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _row(scenario: str, method: str, acc: float) -> dict:
     return {'scenario': scenario, 'method': method, 'seed': 0, 'budget': 1, 'test_acc': acc, 'config_hash': 'h'}
 
 
-def test_the_second_folder_replaces_its_scenarios_and_old_rows_are_retired(tmp_path):
+def test_the_second_folder_replaces_its_scenarios_and_old_rows_are_retired(tmp_path, benchmark_script):
     first, second = tmp_path / 'a', tmp_path / 'b'
     (second / 'recipes').mkdir(parents=True)
     first.mkdir()
@@ -29,7 +17,7 @@ def test_the_second_folder_replaces_its_scenarios_and_old_rows_are_retired(tmp_p
     write_rows(second / 'results.csv', [_row('S0', 'dist', 85.0), _row('S0', 'old', 6.0)])
     (second / 'recipes' / 'S0__dist.yaml').write_text('x: 1\n')
     (second / 'invocations.jsonl').write_text('{"invocation": "b"}\n')
-    module = _module()
+    module = benchmark_script('merge_suites')
     module.merge(first, second)
     module.retire(first, {'old'})
     current = {(r['scenario'], r['method']): float(r['test_acc']) for r in read_rows(first / 'results.csv')}
