@@ -1,9 +1,9 @@
 """Starts a suite folder from another one's rows, so that a rerun adds seeds instead of redoing done runs.
 
 The bench skips a planned run whose row (scenario, method, seed, budget, config hash) is already in the
-folder's results.csv. Seeding a new folder with a finished suite's rows of some scenarios, and its
-teacher.json and invocations.jsonl, makes `torchdistill-mismatch bench` run only what is missing there: the close-call seeds,
-or a method added since. Round 9 made fashion_mnist_cpu_r9 from fashion_mnist_cpu_r8 this way (the
+folder's results.csv. Seeding a new folder with a finished suite's rows of some scenarios, its
+teacher.json and its invocations.jsonl makes `torchdistill-mismatch bench` run only what is missing there:
+the close-call seeds, or a method added since. Round 9 made fashion_mnist_cpu_r9 from fashion_mnist_cpu_r8 this way (the
 committed round-8 folder stays as it was quoted):
 
     python benchmarks/seed_suite.py benchmarks/results/fashion_mnist_cpu_r8 benchmarks/results/fashion_mnist_cpu_r9 --scenarios S1,S2

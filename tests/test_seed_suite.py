@@ -28,7 +28,8 @@ def test_the_chosen_scenarios_rows_and_the_teacher_record_are_copied(tmp_path, b
     count = benchmark_script('seed_suite').seed(source, tmp_path / 'r9', {'S1', 'S2'})
     rows = read_rows(tmp_path / 'r9' / 'results.csv')
     assert count == 2
-    assert [(r['scenario'], r['method'], r['config_hash']) for r in rows] == [('S1', 'dist', 'h1'), ('S2', 'method', 'h2')]
+    assert [(r['scenario'], r['method'], r['config_hash']) for r in rows] == [('S1', 'dist', 'h1'),
+                                                                             ('S2', 'method', 'h2')]
     assert json.loads((tmp_path / 'r9' / 'teacher.json').read_text()) == {'sha256': 'abc'}
     assert '"r8-a"' in (tmp_path / 'r9' / 'invocations.jsonl').read_text()
     assert len(read_rows(source / 'results.csv')) == 3  # the source folder is left as it was
