@@ -7,8 +7,8 @@ Flow (the pre-epoch process drives it; see :mod:`torchdistill_mismatch.processes
    artifact's fingerprints (data, teacher, the knobs that change the fit) match;
 2. once, or every ``refresh_every`` epochs: the strategy generates ``pool_size`` images with their classes and the
    teacher's confidence p_T(class | image); images with confidence >= ``confidence_threshold`` are kept;
-   while fewer than ``min_kept`` are, it draws again, rounds sized by the pass rate so far, up to
-   ``MAX_DRAW_FACTOR x pool_size`` draws;
+   with ``min_kept`` > 0, while fewer than that are kept it draws again, rounds sized by the pass rate so
+   far, up to ``MAX_DRAW_FACTOR x pool_size`` draws;
 3. serve index i < N as the real sample i and N + j as pool image j. ``len()`` is N, so torchdistill's
    ``RandomSampler``/``DistributedSampler`` shard the real data as usual; the pool is reached only through
    :class:`~torchdistill_mismatch.sampler.TeacherConfidenceBatchSampler`.
@@ -29,7 +29,7 @@ Example YAML (under ``train.train_data_loader``)::
         strategy: 'ReRenderStrategy'   # its knobs (candidates, ...) sit beside the wrapper's own
         candidates: 2
         pool_size: 2000                # draws of a refresh's first round
-        min_kept: 1000                 # more rounds while the filter has kept fewer
+        min_kept: 0                    # one round; N > 0: more rounds while the filter has kept fewer than N
         refresh_every: 0               # one pool for the run
         confidence_threshold: 0.5
         artifact_path: './resource/mismatch/fashion_s1.pt'
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import warnings
 from typing import Any, Iterator, Mapping, NamedTuple
@@ -86,22 +85,21 @@ KNOBS = (
              'any other name CVAEStrategy with that architecture; write `strategy` instead'),
     Knob('pool_size', int, 2000, low=1,
          doc='images generated in the first round of a refresh, before the confidence filter'),
-    Knob('min_kept', int, 1000, low=0,
-         doc='images the pool should hold after the filter: while it holds fewer, the strategy draws again, '
-             'each round sized by the pass rate so far and at most pool_size, up to 4 x pool_size draws a '
-             'refresh (so min_kept above 4 x pool_size is never reached; a warning says so); 0 = pool_size '
-             'draws only (round 7). The pool is what the sampler serves from, so its size should not shrink '
-             'where the teacher rejects more: 2,000 draws keep about 1,000 images of data the teacher knows (a '
-             '50% pass rate) but 400 under a covariate shift (20%), each then served about 45 times in 280 '
-             'steps. 1,000 leaves the first case as it was, up to a small top-up round, and spends extra draws '
-             'where the teacher rejects; larger pools gained more at 2x in screening (2,000: +1.8 test points '
-             'under the covariate shift) but each draw is a teacher pass, which a timm teacher makes dear '
-             '(docs/method.md, round 8)'),
+    Knob('min_kept', int, 0, low=0,
+         doc='0 = one round of pool_size draws, whatever the filter keeps. N > 0: while the pool holds fewer '
+             'than N images, the strategy draws again, each round sized by the pass rate so far and at most '
+             'pool_size, up to 4 x pool_size draws a refresh (N above 4 x pool_size is never reached; a '
+             'warning says so). Top-up rounds keep the pool large where the teacher rejects most renderings '
+             '(2,000 draws keep about 1,000 images at a 50% pass rate, 400 at 20%), but every draw is a '
+             'teacher pass, which a timm teacher makes dear, and a run of a few hundred steps does not earn '
+             'them back: on five seeds one round met every target that min_kept 1000 met and the ones it '
+             'missed on colour images with a timm teacher (docs/method.md, rounds 9 and 10). Write 1000 for '
+             'long runs under a strong covariate shift, where the larger pool gained at 2x'),
     Knob('refresh_every', int, 0, low=0,
          doc='epochs between pool refreshes; 0 = one pool for the whole run. A pool costs a teacher pass per '
-             'draw (candidates per draw with learn_latent), pool_size to 4 x pool_size draws (min_kept): '
-             'at the defaults 2,000 where the teacher knows the data, about two thirds of a KD epoch on '
-             '6,000 images. Refreshing every 2 epochs did not pay at 1x in screening and gained at 2x about '
+             'draw (candidates per draw with learn_latent), pool_size draws (up to 4 x pool_size with '
+             'min_kept): at the defaults 2,000, about two thirds of a KD epoch on 6,000 images. Refreshing '
+             'every 2 epochs did not pay at 1x in screening and gained at 2x about '
              'what a larger single pool gains (docs/method.md, rounds 7 and 8)'),
     Knob('confidence_threshold', float, 0.5, low=0, high=1, doc='tau: keep an image when p_T(its class) >= tau'),
     Knob('class_prior', str, 'uniform', choices=('uniform', 'data', 'inverse'),
@@ -234,7 +232,7 @@ class GeneratorAuxiliaryDataset(Dataset):
     check_kwargs = staticmethod(resolve_wrapper_kwargs)
 
     def __init__(self, org_dataset: Dataset, num_classes: int | None = None, strategy: str = DEFAULT_STRATEGY,
-                 pool_size: int = 2000, min_kept: int = 1000, refresh_every: int = 0,
+                 pool_size: int = 2000, min_kept: int = 0, refresh_every: int = 0,
                  confidence_threshold: float = 0.5,
                  class_prior: str = 'uniform', mixup_alpha: float = 1.0, mixup_fraction: float = 0.5,
                  generation_batch_size: int = 512, artifact_path: str | None = None, seed: int = 0,
@@ -473,8 +471,8 @@ class GeneratorAuxiliaryDataset(Dataset):
         bar.close()
         if 0 < kept < self.config['min_kept'] and is_main_process():
             logger.warning('[torchdistill_mismatch] the pool holds %d images, fewer than min_kept = %d, after %d '
-                           'draws (at most 4 x pool_size); raise pool_size, or lower confidence_threshold or '
-                           'min_kept', kept, self.config['min_kept'], drawn)
+                           'draws (at most %d x pool_size); raise pool_size, or lower confidence_threshold or '
+                           'min_kept', kept, self.config['min_kept'], drawn, MAX_DRAW_FACTOR)
         return Pool(*(torch.cat(parts) for parts in zip(*rounds)))
 
     def _next_round(self, kept: int, drawn: int) -> int:

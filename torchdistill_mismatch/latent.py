@@ -157,8 +157,3 @@ class TransformProposal(nn.Module):
 def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """p(label | image) from a model's logits: each row's softmax probability of its own label, in fp32."""
     return F.softmax(logits.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
-
-
-def teacher_confidence(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """p_T(label | image): the teacher's probability of each image's own label, in fp32 under any autocast."""
-    return label_probability(teacher(images), labels)

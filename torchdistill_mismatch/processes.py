@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import logging
 
-from torch import nn
-from torchdistill.common.module_util import check_if_wrapped
 from torchdistill.core.interfaces.pre_epoch_proc import default_pre_epoch_process_with_teacher
 from torchdistill.core.interfaces.registry import register_pre_epoch_proc_func
 
 from .dataset import find_auxiliary_dataset
+from .distributed import unwrap
 from .knobs import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DataParallel / DistributedDataParallel, or the model itself."""
-    return model.module if check_if_wrapped(model) else model
 
 
 @register_pre_epoch_proc_func
