@@ -10,7 +10,7 @@ those scenarios; superseded rows of both are kept), its rendered recipes, sample
 log, and removes the second folder. ``--retire m1,m2`` also moves the rows of methods the suite no longer
 defines to results.retired.csv, which the bench never reads: it keeps such rows current (nothing to
 compare them with, and a `--variants` method is only defined when named), and would restore them from
-results.superseded.csv at its next sync. Then `torchdistill-mismatch bench --config ... --suite <first> --report-only`
+results.superseded.csv at its next sync; `merge_suites.py FOLDER --retire m1` retires without merging. Then `torchdistill-mismatch bench --config ... --suite <first> --report-only`
 writes summary.md and the figures over all scenarios.
 """
 from __future__ import annotations
@@ -55,15 +55,21 @@ def retire(target: Path, methods: set[str]) -> None:
     print(f'{target / RETIRED_FILE}: {len(gone)} rows of {", ".join(sorted(methods))} retired')
 
 
-if __name__ == '__main__':
-    args = sys.argv[1:]
+def main(args: list[str]) -> None:
+    """``FIRST SECOND [--retire m1,m2]``, or ``FOLDER --retire m1,m2`` to retire without merging."""
+    args = list(args)
     retired = set()
     if '--retire' in args:
         at = args.index('--retire')
         retired = set(args[at + 1].split(','))
         del args[at:at + 2]
-    if len(args) != 2:
+    if len(args) not in (1, 2) or (len(args) == 1 and not retired):
         raise SystemExit(__doc__)
-    merge(Path(args[0]), Path(args[1]))
+    if len(args) == 2:
+        merge(Path(args[0]), Path(args[1]))
     if retired:
         retire(Path(args[0]), retired)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

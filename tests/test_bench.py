@@ -559,6 +559,28 @@ def test_compute_matched_rows_give_each_method_budget_its_gain(spec):
     assert matched[('method', 2)].gain == pytest.approx(1.5)  # dist held at its 2x accuracy
 
 
+def test_method_rows_made_apart_from_their_alternatives_are_counted_and_flagged(spec):
+    """A rerun of only the method's rows times them in another session: the report must not compare them silently."""
+    from torchdistill_mismatch.bench.compute import rows_timed_apart
+    from torchdistill_mismatch.bench.report import _compute_section
+
+    def row(method: str, budget: int, wall: float, acc: float, invocation: str, scenario: str = 'S1') -> dict:
+        return _row(method, budget, wall, acc, scenario=scenario) | {'family': spec.methods[method].family,
+                                                                     'invocation': invocation}
+
+    together = [row('dist', 1, 10.0, 80.0, 'a'), row('dist', 2, 20.0, 84.0, 'a'), row('method', 1, 12.0, 85.0, 'a'),
+                row('dist', 1, 10.0, 80.0, 'c', 'S2'), row('method', 1, 12.0, 85.0, 'c', 'S2')]
+    assert rows_timed_apart(spec, together) == {}
+    rerun = together[:2] + [row('method', 1, 9.0, 85.0, 'b'), row('method', 2, 19.0, 86.0, 'a')] + together[3:]
+    # The student alone is no reference: a row of it in the rerun's invocation does not make it shared.
+    rerun.append(row('student', 1, 5.0, 70.0, 'b'))
+    assert rows_timed_apart(spec, rerun) == {'S1': (1, 2)}
+    assert '**Timed apart** (S1: 1 of 2' in '\n'.join(_compute_section(spec, rerun, []))
+    assert 'Timed apart' not in '\n'.join(_compute_section(spec, together, []))
+    # Rows of suites written before the invocation column are left out, not flagged.
+    assert rows_timed_apart(spec, [{k: v for k, v in r.items() if k != 'invocation'} for r in rerun]) == {}
+
+
 # -- the student's domain ----------------------------------------------------------------------------------
 def test_student_domain_of_a_label_shift_weights_the_classes_by_the_student_counts(spec):
     assert execute.class_weighted_accuracy([100.0, 50.0, 0.0], [2, 1, 1]) == pytest.approx(62.5)

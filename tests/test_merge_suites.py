@@ -1,6 +1,8 @@
 """benchmarks/merge_suites.py: the second process's folder merged into the first, rows of dropped methods retired."""
 from __future__ import annotations
 
+import pytest
+
 from torchdistill_mismatch.bench.results import read_rows, write_rows
 
 
@@ -26,3 +28,16 @@ def test_the_second_folder_replaces_its_scenarios_and_old_rows_are_retired(tmp_p
     assert sorted(r['scenario'] for r in read_rows(first / 'results.retired.csv')) == ['S0', 'S1']
     assert (first / 'recipes' / 'S0__dist.yaml').is_file() and not second.exists()
     assert '"b"' in (first / 'invocations.jsonl').read_text()
+
+
+def test_one_folder_with_retire_retires_without_merging_and_alone_is_refused(tmp_path, benchmark_script):
+    """A suite merged earlier drops a method later: ``merge_suites.py FOLDER --retire m`` needs no second folder."""
+    folder = tmp_path / 'a'
+    folder.mkdir()
+    write_rows(folder / 'results.csv', [_row('S0', 'dist', 85.0), _row('S0', 'old', 6.0)])
+    module = benchmark_script('merge_suites')
+    with pytest.raises(SystemExit):
+        module.main([str(folder)])
+    module.main([str(folder), '--retire', 'old'])
+    assert [r['method'] for r in read_rows(folder / 'results.csv')] == ['dist']
+    assert [r['method'] for r in read_rows(folder / 'results.retired.csv')] == ['old']

@@ -148,6 +148,28 @@ def compute_matched_rows(spec: SuiteSpec, rows: Rows, column: str = 'test_acc') 
     return matched
 
 
+def rows_timed_apart(spec: SuiteSpec, rows: Rows) -> dict[str, tuple[int, int]]:
+    """Per scenario, (matched rows made by a bench invocation that made no reference candidate's row, matched rows).
+
+    Wall times compare only between runs with the same neighbours on the machine, and a shared machine's speed
+    moves between sessions by several percent: enough to put a method run on either side of an alternative's
+    cheapest budget, which decides whether that alternative counts. A rerun of only the method's rows (after a
+    code change) makes exactly such rows; the report says so instead of comparing them silently.
+    Rows without an ``invocation`` (older suites) are left out of both counts.
+    """
+    methods = [m for m in spec.methods if any(r['method'] == m for r in rows)]
+    candidates = set(reference_candidates(spec, methods))
+    apart = {}
+    for scenario in spec.scenarios:
+        here = [r for r in rows if r['scenario'] == scenario and r.get('invocation')]
+        shared = {r['invocation'] for r in here if r['method'] in candidates}
+        matched = [r for r in here if r['method'] in spec.methods and spec.methods[r['method']].family in MATCHED_FAMILIES]
+        alone = [r for r in matched if r['invocation'] not in shared]
+        if shared and alone:
+            apart[scenario] = (len(alone), len(matched))
+    return apart
+
+
 def mismatch_scenarios(spec: SuiteSpec) -> list[str]:
     """The scenarios with a mismatch: every one but a built-in ``scenario: none`` (S1-S3 of the shipped suites)."""
     return [name for name, s in spec.scenarios.items() if s.scenario != 'none']

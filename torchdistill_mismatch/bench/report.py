@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io_util import atomic_write_text
-from .compute import MATCHED_FAMILIES, budget_points, compute_matched_rows, mean_gains, mismatch_scenarios
+from .compute import (MATCHED_FAMILIES, budget_points, compute_matched_rows, mean_gains, mismatch_scenarios,
+                      rows_timed_apart)
 from .execute import FASHION_MNIST_CLASSES, GRID_PER_CLASS, STUDENT_DOMAIN_COLUMN
 from .recipes import uses_teacher
 from .results import STAGE_COLUMNS, budget_of
@@ -190,6 +191,15 @@ def _compute_section(spec: SuiteSpec, rows: Rows, plots: Sequence[str]) -> list[
               'accuracy above it; the reference is the best of these, the gain the row\'s accuracy minus it. '
               '"none" where no alternative was measured as cheap as the row. Definition: '
               '`torchdistill_mismatch/bench/compute.py`, docs/bench.md.'), '', f'**Note**: {WALL_TIME_NOTE}', '']
+    apart = rows_timed_apart(spec, rows)
+    if apart:
+        counts = ', '.join(f'{s}: {alone} of {total}' for s, (alone, total) in apart.items())
+        lines += [(f'**Timed apart** ({counts} `method`/`ablation` rows): these rows were made by bench invocations '
+                   'that made none of their scenario\'s alternatives\' rows, so their wall times may come from another '
+                   'session of the machine, whose speed moves by several percent, enough to move a reference across '
+                   'an alternative\'s cheapest budget. Before quoting their gains, rerun the alternatives beside them, '
+                   'or read the gains of rows of the same computation that ran beside the alternatives (docs/bench.md, '
+                   '"Timed apart").'), '']
     mismatch = mismatch_scenarios(spec)
     any_rows = False
     for column, heading in (('test_acc', 'test accuracy (the teacher\'s domain)'),
