@@ -10,8 +10,9 @@ those scenarios; superseded rows of both are kept), its rendered recipes, sample
 log, and removes the second folder. ``--retire m1,m2`` also moves the rows of methods the suite no longer
 defines to results.retired.csv, which the bench never reads: it keeps such rows current (nothing to
 compare them with, and a `--variants` method is only defined when named), and would restore them from
-results.superseded.csv at its next sync; `merge_suites.py FOLDER --retire m1` retires without merging. Then `torchdistill-mismatch bench --config ... --suite <first> --report-only`
-writes summary.md and the figures over all scenarios.
+results.superseded.csv at its next sync; `merge_suites.py FOLDER --retire m1` retires without merging.
+Then `torchdistill-mismatch bench --config ... --suite <first> --report-only` writes summary.md and the
+figures over all scenarios.
 """
 from __future__ import annotations
 

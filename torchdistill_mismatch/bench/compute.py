@@ -163,7 +163,8 @@ def rows_timed_apart(spec: SuiteSpec, rows: Rows) -> dict[str, tuple[int, int]]:
     for scenario in spec.scenarios:
         here = [r for r in rows if r['scenario'] == scenario and r.get('invocation')]
         shared = {r['invocation'] for r in here if r['method'] in candidates}
-        matched = [r for r in here if r['method'] in spec.methods and spec.methods[r['method']].family in MATCHED_FAMILIES]
+        matched = [r for r in here
+                   if r['method'] in spec.methods and spec.methods[r['method']].family in MATCHED_FAMILIES]
         alone = [r for r in matched if r['invocation'] not in shared]
         if shared and alone:
             apart[scenario] = (len(alone), len(matched))
