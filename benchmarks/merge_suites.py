@@ -20,10 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from torchdistill_mismatch.bench.results import RESULTS_FILE, SUPERSEDED_FILE, read_rows, write_rows
+from torchdistill_mismatch.bench.results import INVOCATIONS_FILE, RESULTS_FILE, SUPERSEDED_FILE, read_rows, write_rows
 
 COPIED_FOLDERS = ('recipes', 'samples')
-INVOCATIONS = 'invocations.jsonl'
 RETIRED_FILE = 'results.retired.csv'
 
 
@@ -42,9 +41,9 @@ def merge(target: Path, source: Path) -> None:
     for folder in COPIED_FOLDERS:
         if (source / folder).is_dir():
             shutil.copytree(source / folder, target / folder, dirs_exist_ok=True)
-    if (source / INVOCATIONS).is_file():
-        with (target / INVOCATIONS).open('a') as handle:
-            handle.write((source / INVOCATIONS).read_text())
+    if (source / INVOCATIONS_FILE).is_file():
+        with (target / INVOCATIONS_FILE).open('a') as handle:
+            handle.write((source / INVOCATIONS_FILE).read_text())
     shutil.rmtree(source)
 
 

@@ -18,28 +18,26 @@ import argparse
 import shutil
 from pathlib import Path
 
-from torchdistill_mismatch.bench.results import RESULTS_FILE, read_rows, write_rows
-
-TEACHER_RECORD = 'teacher.json'
-# How the copied rows were made: the report lists the invocations that rows name, so the copied rows keep
-# their commands in the new folder's summary.md.
-INVOCATIONS = 'invocations.jsonl'
+from torchdistill_mismatch.bench.results import INVOCATIONS_FILE, RESULTS_FILE, read_rows, write_rows
+from torchdistill_mismatch.bench.teacher import TEACHER_RECORD_FILE
 
 
 def seed(source: Path, target: Path, scenarios: set[str]) -> int:
     rows = [row for row in read_rows(source / RESULTS_FILE) if row['scenario'] in scenarios]
     if not rows:
         raise SystemExit(f'{source / RESULTS_FILE}: no rows of {", ".join(sorted(scenarios))}')
-    if not (source / TEACHER_RECORD).is_file():
-        raise SystemExit(f'{source / TEACHER_RECORD} is missing: the rows cannot be matched to their teacher')
+    if not (source / TEACHER_RECORD_FILE).is_file():
+        raise SystemExit(f'{source / TEACHER_RECORD_FILE} is missing: the rows cannot be matched to their teacher')
     if (target / RESULTS_FILE).exists():
         raise SystemExit(f'{target / RESULTS_FILE} exists: seed a new folder, or run the bench there')
     target.mkdir(parents=True, exist_ok=True)
     write_rows(target / RESULTS_FILE, rows)
     # The teacher the rows were made with: the bench moves aside rows of any other teacher checkpoint.
-    shutil.copy2(source / TEACHER_RECORD, target / TEACHER_RECORD)
-    if (source / INVOCATIONS).is_file():
-        shutil.copy2(source / INVOCATIONS, target / INVOCATIONS)
+    shutil.copy2(source / TEACHER_RECORD_FILE, target / TEACHER_RECORD_FILE)
+    # How the copied rows were made: the report lists the invocations that rows name, so the copied rows keep
+    # their commands in the new folder's summary.md.
+    if (source / INVOCATIONS_FILE).is_file():
+        shutil.copy2(source / INVOCATIONS_FILE, target / INVOCATIONS_FILE)
     return len(rows)
 
 

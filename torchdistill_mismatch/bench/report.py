@@ -19,7 +19,7 @@ from .compute import (MATCHED_FAMILIES, budget_points, compute_matched_rows, mea
                       rows_timed_apart)
 from .execute import FASHION_MNIST_CLASSES, GRID_PER_CLASS, STUDENT_DOMAIN_COLUMN
 from .recipes import uses_teacher
-from .results import STAGE_COLUMNS, budget_of
+from .results import INVOCATIONS_FILE, STAGE_COLUMNS, budget_of
 from .spec import ALTERNATIVE_FAMILIES, SuiteSpec
 
 logger = logging.getLogger('torchdistill_mismatch.bench')
@@ -317,7 +317,7 @@ def _protocol_section(spec: SuiteSpec, rows: Rows, scenarios: Sequence[str]) -> 
 def _provenance_section(suite_dir: Path, spec: SuiteSpec, rows: Rows) -> list[str]:
     used = {r.get('invocation') for r in rows}
     entries = []
-    path = suite_dir / 'invocations.jsonl'
+    path = suite_dir / INVOCATIONS_FILE
     if path.is_file():
         entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     entries = [e for e in entries if e['invocation'] in used]

@@ -34,6 +34,8 @@ COLUMNS = ('scenario', 'method', 'family', 'seed', 'budget', 'test_acc', 'studen
            'config_hash', 'teacher_hash', 'teacher_sha256', 'device', 'threads', 'quick', 'invocation', 'finished_at', 'recipe')
 RESULTS_FILE = 'results.csv'
 SUPERSEDED_FILE = 'results.superseded.csv'
+# One JSON line per bench invocation (command, versions, device); rows name theirs in the `invocation` column.
+INVOCATIONS_FILE = 'invocations.jsonl'
 
 
 def budget_of(row: Mapping[str, Any]) -> int:

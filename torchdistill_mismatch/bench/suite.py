@@ -28,6 +28,7 @@ from .compute import compute_matched_rows
 from .recipes import PlannedRun, check_rendered, render_run, teacher_hash
 from .report import write_report
 from .results import (
+    INVOCATIONS_FILE,
     RESULTS_FILE,
     append_row,
     budget_of,
@@ -327,7 +328,7 @@ def _record_invocation(suite_dir: Path, command: str, device: torch.device) -> s
     invocation = f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     entry = {'invocation': invocation, 'command': command, 'cwd': os.getcwd(), 'versions': _versions(),
              'device': _device_description(device), 'started': now()}
-    with open(suite_dir / 'invocations.jsonl', 'a') as handle:
+    with open(suite_dir / INVOCATIONS_FILE, 'a') as handle:
         handle.write(json.dumps(entry) + '\n')
     return invocation
 

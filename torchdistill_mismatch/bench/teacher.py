@@ -19,6 +19,8 @@ from .yaml_tree import dump_yaml
 logger = logging.getLogger('torchdistill_mismatch.bench')
 # The suite's teacher, kept beside its results.
 TEACHER_FILE = 'teacher.pt'
+# Beside it: the checkpoint's SHA-256, accuracy and cache key, which rows are matched against.
+TEACHER_RECORD_FILE = 'teacher.json'
 
 
 @dataclass
@@ -49,7 +51,7 @@ def keep_beside_results(teacher: TeacherInfo, suite_dir: Path) -> None:
     if target.is_file() and file_sha256(target) == teacher.sha256:
         return
     atomic_write(target, lambda handle: handle.write(teacher.path.read_bytes()))
-    atomic_write_text(suite_dir / 'teacher.json', json.dumps(
+    atomic_write_text(suite_dir / TEACHER_RECORD_FILE, json.dumps(
         {'sha256': teacher.sha256, 'test_acc': teacher.test_acc, 'cache_key': teacher.key}, indent=1))
 
 
