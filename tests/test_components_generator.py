@@ -171,3 +171,35 @@ def test_batched_fetch_keeps_order_and_mixes_only_pool_items(digits_teacher):
             assert not torch.equal(image, dataset.pool_images[j])
     again = dataset.__getitems__(indices)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(items, again)), 'same epoch and batch: same mixes'
+
+
+def _pool_per_epoch(dataset, teacher, epochs, servings_per_epoch):
+    pools = {}
+    for epoch in epochs:
+        dataset.prepare_epoch(teacher, 'cpu', epoch=epoch, servings_per_epoch=servings_per_epoch)
+        pools[epoch] = (dataset.pool_index, dataset.pool_images.clone())
+    return pools
+
+
+def test_refresh_servings_refreshes_by_reuse_and_a_resumed_run_meets_the_same_pools(digits_teacher):
+    """refresh_servings K: a new pool every ceil(K x pool size / servings per epoch) epochs, fixed by pool 0, so
+    a run resumed at epoch 3 holds at each epoch the pool an uninterrupted run held; 0 = one pool."""
+    real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
+    kwargs = dict(num_classes=10, pool_size=200, mixup_alpha=0.0, refresh_servings=3)
+    whole = GeneratorAuxiliaryDataset(real, **kwargs)
+    pools = _pool_per_epoch(whole, digits_teacher, range(8), servings_per_epoch=40)
+    kept = len(_pool_per_epoch(GeneratorAuxiliaryDataset(real, **kwargs), digits_teacher, [0], 40)[0][1])
+    interval = -(-3 * kept // 40)
+    assert whole.servings_interval == interval >= 2, (kept, interval)
+    assert [pools[e][0] for e in range(8)] == [e // interval for e in range(8)]
+    assert not torch.equal(pools[0][1], pools[interval][1]), 'a refresh makes new images'
+    resumed = GeneratorAuxiliaryDataset(real, **kwargs)
+    again = _pool_per_epoch(resumed, digits_teacher, range(3, 8), servings_per_epoch=40)
+    for epoch in range(3, 8):
+        assert again[epoch][0] == pools[epoch][0] and torch.equal(again[epoch][1], pools[epoch][1]), epoch
+    single = GeneratorAuxiliaryDataset(real, **dict(kwargs, refresh_servings=0))
+    assert {index for index, _ in _pool_per_epoch(single, digits_teacher, range(8), 40).values()} == {0}
+    unknown = GeneratorAuxiliaryDataset(real, **kwargs)  # a batch sampler that serves no pool items
+    assert {index for index, _ in _pool_per_epoch(unknown, digits_teacher, range(8), 0).values()} == {0}
+    epochs = GeneratorAuxiliaryDataset(real, **dict(kwargs, refresh_every=2))  # refresh_every overrides
+    assert [i for i, _ in _pool_per_epoch(epochs, digits_teacher, range(8), 40).values()] == [0, 0, 1, 1, 2, 2, 3, 3]

@@ -115,3 +115,17 @@ def test_a_sampler_over_another_dataset_is_refused_with_the_key_to_add():
     real = TensorImageDataset(torch.zeros(10, 1, 8, 8), torch.arange(10), [str(c) for c in range(10)])
     with pytest.raises(ConfigError, match='dataset_wrapper.key'):
         TeacherConfidenceBatchSampler(RandomSampler(real), batch_size=4)
+
+
+def test_servings_per_epoch_counts_the_generated_items_an_epoch_serves():
+    """What refresh_servings counts: an epoch's batches times their generated items (one process here), and
+    nothing for torch's plain BatchSampler, which serves no pool item."""
+    from torch.utils.data import BatchSampler
+
+    from torchdistill_mismatch.processes import servings_per_epoch
+    dataset = _dataset(1280)
+    sampler = TeacherConfidenceBatchSampler(RandomSampler(dataset), batch_size=128, ratio=1 / 3,
+                                            generated_within_batch=True)
+    served = sum(i >= dataset.pool_offset for batch in sampler for i in batch)
+    assert servings_per_epoch(sampler) == served == 10 * 32
+    assert servings_per_epoch(BatchSampler(RandomSampler(dataset), 128, drop_last=False)) == 0

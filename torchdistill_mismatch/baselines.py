@@ -163,6 +163,10 @@ class ConsistentViewCollate:
             views = renderer.render(images, theta)
         supp = dict(supp)
         supp['view_theta'] = theta
+        if 'has_teacher_logits' in supp:
+            # Logits cached with a pool image describe that image, not its new view: the cached-teacher
+            # forward process must run the teacher on every view.
+            supp['has_teacher_logits'] = torch.zeros_like(torch.as_tensor(supp['has_teacher_logits']))
         return views, torch.as_tensor(labels), supp
 
 

@@ -5,7 +5,8 @@ Flow (the pre-epoch process drives it; see :mod:`torchdistill_mismatch.processes
 1. first epoch: the pool strategy (``strategy``, :mod:`torchdistill_mismatch.strategies`) fits on the
    real samples and the frozen teacher, or its fitted state is loaded from ``artifact_path`` when the
    artifact's fingerprints (data, teacher, the knobs that change the fit) match;
-2. once, or every ``refresh_every`` epochs: the strategy generates ``pool_size`` images with their classes and the
+2. once, then every ``refresh_every`` epochs or, by default, once the pool has been served about
+   ``refresh_servings`` times its size: the strategy generates ``pool_size`` images with their classes and the
    teacher's confidence p_T(class | image); images with confidence >= ``confidence_threshold`` are kept;
    with ``min_kept`` > 0, while fewer than that are kept it draws again, rounds sized by the pass rate so
    far, up to ``MAX_DRAW_FACTOR x pool_size`` draws;
@@ -30,7 +31,7 @@ Example YAML (under ``train.train_data_loader``)::
         candidates: 2
         pool_size: 2000                # draws of a refresh's first round
         min_kept: 0                    # one round; N > 0: more rounds while the filter has kept fewer than N
-        refresh_every: 0               # one pool for the run
+        refresh_servings: 15           # a new pool once it has been served ~15 times its size
         confidence_threshold: 0.5
         artifact_path: './resource/mismatch/fashion_s1.pt'
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 from typing import Any, Iterator, Mapping, NamedTuple
@@ -96,11 +98,20 @@ KNOBS = (
              'missed on colour images with a timm teacher (docs/method.md, rounds 9 and 10). Write 1000 for '
              'long runs under a strong covariate shift, where the larger pool gained at 2x'),
     Knob('refresh_every', int, 0, low=0,
-         doc='epochs between pool refreshes; 0 = one pool for the whole run. A pool costs a teacher pass per '
+         doc='epochs between pool refreshes; 0 = refresh_servings decides (one pool for the whole run when it '
+             'is 0 too); N > 0 overrides refresh_servings. A pool costs a teacher pass per '
              'draw (candidates per draw with learn_latent), pool_size draws (up to 4 x pool_size with '
              'min_kept): at the defaults 2,000, about two thirds of a KD epoch on 6,000 images. Refreshing '
              'every 2 epochs did not pay at 1x in screening and gained at 2x about '
              'what a larger single pool gains (docs/method.md, rounds 7 and 8)'),
+    Knob('refresh_servings', float, 15.0, low=0,
+         doc='with refresh_every 0: a new pool once the pool has been served about this many times its size '
+             '(at most once an epoch; the interval in epochs is fixed by the run\'s first pool, so a resumed '
+             'run refreshes at the same epochs); 0 = one pool for the whole run. A generated image loses value '
+             'with reuse, as a real one does over epochs, and a schedule in servings refreshes where the pool '
+             'is small against the steps (the teacher rejects most renderings, or the run is long) and nowhere '
+             'else. 15 is in the range of epochs a short KD run reuses real images for; in screening it gained '
+             'up to 1.6 points at 2x and cost 3-6% of a run (docs/method.md, round 11)'),
     Knob('confidence_threshold', float, 0.5, low=0, high=1, doc='tau: keep an image when p_T(its class) >= tau'),
     Knob('class_prior', str, 'uniform', choices=('uniform', 'data', 'inverse'),
          doc='class proportions of the pool: uniform, as in the real data, or inverse to it (rebalancing)'),
@@ -232,14 +243,15 @@ class GeneratorAuxiliaryDataset(Dataset):
     check_kwargs = staticmethod(resolve_wrapper_kwargs)
 
     def __init__(self, org_dataset: Dataset, num_classes: int | None = None, strategy: str = DEFAULT_STRATEGY,
-                 pool_size: int = 2000, min_kept: int = 0, refresh_every: int = 0,
+                 pool_size: int = 2000, min_kept: int = 0, refresh_every: int = 0, refresh_servings: float = 15.0,
                  confidence_threshold: float = 0.5,
                  class_prior: str = 'uniform', mixup_alpha: float = 1.0, mixup_fraction: float = 0.5,
                  generation_batch_size: int = 512, artifact_path: str | None = None, seed: int = 0,
                  generator: str | None = None, **strategy_kwargs: Any):
         self.config, self.strategy_key, self.strategy_kwargs = resolve_wrapper_kwargs(dict(
             strategy_kwargs, num_classes=num_classes, strategy=strategy, generator=generator, pool_size=pool_size,
-            min_kept=min_kept, refresh_every=refresh_every, confidence_threshold=confidence_threshold,
+            min_kept=min_kept, refresh_every=refresh_every, refresh_servings=refresh_servings,
+            confidence_threshold=confidence_threshold,
             class_prior=class_prior, mixup_alpha=mixup_alpha, mixup_fraction=mixup_fraction,
             generation_batch_size=generation_batch_size, artifact_path=artifact_path, seed=seed))
         self.strategy_class = get_pool_strategy(self.strategy_key)
@@ -265,7 +277,9 @@ class GeneratorAuxiliaryDataset(Dataset):
         self.pool_confidence = torch.empty(0)
         self.pool_logits = torch.empty(0, self.num_classes)
         self.pool_refresh_count = 0
-        self.last_refresh_epoch = None
+        self.pool_index: int | None = None  # refresh_index of the installed pool
+        self.pool_teacher_id: int | None = None  # id() of the teacher that made it
+        self.servings_interval: int | None = None  # epochs between refreshes under refresh_servings
         self.current_epoch = 0
         self.timings: dict[str, float] = {}
         self.history: dict[str, list[float]] = {}
@@ -493,6 +507,7 @@ class GeneratorAuxiliaryDataset(Dataset):
         with timed_stage('pool_generation', self.timings):
             pool = self.generate_pool(teacher, device, refresh_index)
         self.pool_images, self.pool_labels, self.pool_confidence, self.pool_logits = pool[:4]
+        self.pool_index, self.pool_teacher_id = refresh_index, id(teacher)
         self.pool_refresh_count += 1
         self._log_pool(pool.drawn)
 
@@ -509,21 +524,47 @@ class GeneratorAuxiliaryDataset(Dataset):
                 logger.warning('[torchdistill_mismatch] the confidence filter removed every generated image of '
                                'classes %s; lower confidence_threshold or change the strategy', empty)
 
-    def prepare_epoch(self, teacher: nn.Module, device: torch.device | str, epoch: int) -> None:
-        """Called by the pre-epoch process: fit on first use, then refresh the pool on schedule."""
+    def prepare_epoch(self, teacher: nn.Module, device: torch.device | str, epoch: int,
+                      servings_per_epoch: int = 0) -> None:
+        """Called by the pre-epoch process: fit on first use, then refresh the pool on schedule.
+
+        Args:
+            teacher: the frozen teacher.
+            device: where the teacher runs.
+            epoch: the epoch about to start.
+            servings_per_epoch: pool items the whole job serves in an epoch (all ranks; the sampler's
+                batches times its generated items per batch), for ``refresh_servings``; 0 = unknown,
+                which leaves one pool for the run unless ``refresh_every`` is set.
+        """
         self.current_epoch = epoch
         if not self.fitted:
             self.fit(teacher, device)
         every = self.config['refresh_every']
-        if every == 0:  # one pool for the whole run
-            due, refresh_index = self.last_refresh_epoch is None, 0
-        else:
-            due = self.last_refresh_epoch is None or epoch - self.last_refresh_epoch >= every \
-                or epoch < self.last_refresh_epoch
-            refresh_index = epoch // every
-        if due:
+        if every == 0 and self.config['refresh_servings'] > 0 and servings_per_epoch > 0:
+            every = self._servings_interval(teacher, device, servings_per_epoch)
+        # Pool k serves epochs [k x every, (k + 1) x every); it depends only on (seed, k) and the teacher, so a
+        # run resumed at any epoch holds the pool an uninterrupted run held there, and an installed pool is
+        # made again only for another teacher (a multi-stage recipe that swaps it).
+        refresh_index = 0 if every == 0 else epoch // every
+        if refresh_index != self.pool_index or id(teacher) != self.pool_teacher_id:
             self.refresh_pool(teacher, device, refresh_index=refresh_index)
-            self.last_refresh_epoch = epoch
+
+    def _servings_interval(self, teacher: nn.Module, device: torch.device | str, servings_per_epoch: int) -> int:
+        """Epochs between refreshes for ``refresh_servings``: ceil(K x pool 0's size / servings per epoch).
+
+        Fixed once, from pool 0 whatever the epoch the run starts at, so that a run resumed at epoch e
+        refreshes at the epochs an uninterrupted one did (resuming costs pool 0 once more).
+        """
+        if self.servings_interval is None:
+            if self.pool_index != 0 or id(teacher) != self.pool_teacher_id:
+                self.refresh_pool(teacher, device, refresh_index=0)
+            wanted = self.config['refresh_servings'] * max(len(self.pool_labels), 1)
+            self.servings_interval = max(1, math.ceil(wanted / servings_per_epoch))
+            if is_main_process():
+                logger.info('[torchdistill_mismatch] refresh_servings %g: a new pool every %d epochs (%d pool '
+                            'images, %d served an epoch)', self.config['refresh_servings'],
+                            self.servings_interval, len(self.pool_labels), servings_per_epoch)
+        return self.servings_interval
 
 
 def find_auxiliary_dataset(dataset: Dataset) -> GeneratorAuxiliaryDataset | None:

@@ -9,7 +9,9 @@ and it *replaces* the default, so this one calls torchdistill's default at the e
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from torchdistill.common.main_util import get_world_size
 from torchdistill.core.interfaces.pre_epoch_proc import default_pre_epoch_process_with_teacher
 from torchdistill.core.interfaces.registry import register_pre_epoch_proc_func
 
@@ -40,8 +42,17 @@ def mismatch_pre_epoch_process(self, epoch: int | None = None, **kwargs) -> None
     if dataset is None:
         raise ConfigError("train.pre_epoch_process = 'mismatch_pre_epoch_process' needs "
                           "train.train_data_loader.dataset_wrapper.key: 'GeneratorAuxiliaryDataset'")
-    dataset.prepare_epoch(teacher, self.device, epoch)
-    default_pre_epoch_process_with_teacher(self, epoch=epoch, **kwargs)
     batch_sampler = getattr(self.train_data_loader, 'batch_sampler', None)
+    dataset.prepare_epoch(teacher, self.device, epoch, servings_per_epoch=servings_per_epoch(batch_sampler))
+    default_pre_epoch_process_with_teacher(self, epoch=epoch, **kwargs)
     if hasattr(batch_sampler, 'set_epoch'):
         batch_sampler.set_epoch(epoch)
+
+
+def servings_per_epoch(batch_sampler: Any) -> int:
+    """Pool items the whole job serves in an epoch: each rank's batches times its generated items per batch,
+    times the ranks (each serves its own shard of the pool); 0 for a batch sampler that serves none."""
+    per_batch = getattr(batch_sampler, 'generated_per_batch', 0)
+    if not per_batch:
+        return 0
+    return len(batch_sampler) * per_batch * get_world_size()

@@ -19,7 +19,8 @@ Limits: the cached outputs are the teacher's when the pool was made, so the teac
 teacher needs a pool refresh at the swap). The teacher's pass in a step covers the real images and the
 mixes, whose count varies by step (each pool item is mixed with probability ``mixup_fraction``), so
 ``cudnn.benchmark`` tunes a few dozen batch sizes in the first epoch, once each. A collate function that
-changes images after the dataset (``consistent_view_collate``) must not be combined with it.
+changes images after the dataset must clear ``has_teacher_logits`` (``consistent_view_collate`` does), or the
+teacher's logits of the image before the change would be served for the image after it.
 
 Example YAML (under ``train``)::
 
