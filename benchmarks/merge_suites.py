@@ -7,7 +7,8 @@ each in its own folder so that neither rewrites the other's results.csv. Afterwa
 
 takes the second folder's rows for the scenarios it ran (replacing the first folder's current rows of
 those scenarios; superseded rows of both are kept), its rendered recipes, sample grids and invocation
-log, and removes the second folder. ``--retire m1,m2`` also moves the rows of methods the suite no longer
+log, and removes the second folder. It refuses (writing nothing) when the first folder has rows of a
+method in those scenarios that the second did not run, which the replacement would drop. ``--retire m1,m2`` also moves the rows of methods the suite no longer
 defines to results.retired.csv, which the bench never reads: it keeps such rows current (nothing to
 compare them with, and a `--variants` method is only defined when named), and would restore them from
 results.superseded.csv at its next sync; `merge_suites.py FOLDER --retire m1` retires without merging.
@@ -31,7 +32,17 @@ def merge(target: Path, source: Path) -> None:
     scenarios = {row['scenario'] for row in source_rows}
     if not scenarios:
         raise SystemExit(f'{source / RESULTS_FILE}: no rows to merge')
-    kept = [row for row in read_rows(target / RESULTS_FILE) if row['scenario'] not in scenarios]
+    target_rows = read_rows(target / RESULTS_FILE)
+    # Rows are replaced by scenario: a method the first folder has in a scenario that the second ran without
+    # it would vanish (two screening folders of different variants, say). Refuse before anything is written.
+    ran = {(row['scenario'], row['method']) for row in source_rows}
+    lost = sorted({(row['scenario'], row['method']) for row in target_rows
+                   if row['scenario'] in scenarios and (row['scenario'], row['method']) not in ran})
+    if lost:
+        raise SystemExit(f'{source}: merging would drop the first folder\'s rows of '
+                         f'{", ".join(f"{m} in {sc}" for sc, m in lost)}, which the second folder did not run; '
+                         f'merge folders that ran other scenarios, or concatenate the two results.csv files')
+    kept = [row for row in target_rows if row['scenario'] not in scenarios]
     write_rows(target / RESULTS_FILE, kept + source_rows)
     print(f'{target / RESULTS_FILE}: {len(kept)} rows kept, {len(source_rows)} of '
           f'{", ".join(sorted(scenarios))} merged')

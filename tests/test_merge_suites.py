@@ -41,3 +41,16 @@ def test_one_folder_with_retire_retires_without_merging_and_alone_is_refused(tmp
     module.main([str(folder), '--retire', 'old'])
     assert [r['method'] for r in read_rows(folder / 'results.csv')] == ['dist']
     assert [r['method'] for r in read_rows(folder / 'results.retired.csv')] == ['old']
+
+
+def test_a_merge_that_would_drop_a_method_the_second_folder_did_not_run_is_refused(tmp_path, benchmark_script):
+    """Two folders of different variants over the same scenarios: replacing by scenario would lose the first's."""
+    first, second = tmp_path / 'a', tmp_path / 'b'
+    first.mkdir()
+    second.mkdir()
+    write_rows(first / 'results.csv', [_row('S0', 'srv5', 85.0)])
+    write_rows(second / 'results.csv', [_row('S0', 'srv8', 86.0)])
+    module = benchmark_script('merge_suites')
+    with pytest.raises(SystemExit, match='srv5 in S0'):
+        module.merge(first, second)
+    assert [r['method'] for r in read_rows(first / 'results.csv')] == ['srv5'] and second.is_dir()
