@@ -7,9 +7,10 @@ each in its own folder so that neither rewrites the other's results.csv. Afterwa
 
 takes the second folder's rows for the scenarios it ran (replacing the first folder's current rows of
 those scenarios; superseded rows of both are kept), its rendered recipes, sample grids and invocation
-log, and removes the second folder. It refuses (writing nothing) when the first folder has rows of a
-method in those scenarios that the second did not run, which the replacement would drop. ``--retire m1,m2`` also moves the rows of methods the suite no longer
-defines to results.retired.csv, which the bench never reads: it keeps such rows current (nothing to
+log, and removes the second folder. It refuses, writing nothing, when the first folder has a row in
+those scenarios (scenario, method, seed, budget) that the second did not rerun, which the replacement
+would drop, unless its method is being retired. ``--retire m1,m2`` also moves the rows of methods the
+suite no longer defines to results.retired.csv, which the bench never reads: it keeps such rows current (nothing to
 compare them with, and a `--variants` method is only defined when named), and would restore them from
 results.superseded.csv at its next sync; `merge_suites.py FOLDER --retire m1` retires without merging.
 Then `torchdistill-mismatch bench --config ... --suite <first> --report-only` writes summary.md and the
@@ -27,22 +28,28 @@ COPIED_FOLDERS = ('recipes', 'samples')
 RETIRED_FILE = 'results.retired.csv'
 
 
-def merge(target: Path, source: Path) -> None:
+def _run_key(row: dict) -> tuple[str, str, str, str]:
+    return row['scenario'], row['method'], str(row['seed']), str(row['budget'])
+
+
+def merge(target: Path, source: Path, retiring: set[str] = frozenset()) -> None:
     source_rows = read_rows(source / RESULTS_FILE)
     scenarios = {row['scenario'] for row in source_rows}
     if not scenarios:
         raise SystemExit(f'{source / RESULTS_FILE}: no rows to merge')
     target_rows = read_rows(target / RESULTS_FILE)
-    # Rows are replaced by scenario: a method the first folder has in a scenario that the second ran without
-    # it would vanish (two screening folders of different variants, say). Refuse before anything is written.
-    ran = {(row['scenario'], row['method']) for row in source_rows}
-    lost = sorted({(row['scenario'], row['method']) for row in target_rows
-                   if row['scenario'] in scenarios and (row['scenario'], row['method']) not in ran})
+    # Rows are replaced by scenario: a run the first folder has in a scenario that the second did not
+    # repeat (another method, seed or budget: two screening folders of different variants, say) would
+    # vanish. Refuse before anything is written; methods being retired are dropped anyway.
+    ran = {_run_key(row) for row in source_rows}
+    lost = sorted({_run_key(row) for row in target_rows if row['scenario'] in scenarios
+                   and row['method'] not in retiring and _run_key(row) not in ran})
     if lost:
-        raise SystemExit(f'{source}: merging would drop the first folder\'s rows of '
-                         f'{", ".join(f"{m} in {sc}" for sc, m in lost)}, which the second folder did not run; '
-                         f'merge folders that ran other scenarios, or concatenate the two results.csv files')
-    kept = [row for row in target_rows if row['scenario'] not in scenarios]
+        shown = ', '.join(f'{m} in {sc} seed {seed} {budget}x' for sc, m, seed, budget in lost[:6])
+        raise SystemExit(f'{source}: merging would drop {len(lost)} of the first folder\'s rows that the second '
+                         f'did not rerun ({shown}{", ..." if len(lost) > 6 else ""}); merge folders that ran '
+                         f'other scenarios, or run the missing rows in the second folder first')
+    kept = [row for row in target_rows if row['scenario'] not in scenarios or row['method'] in retiring]
     write_rows(target / RESULTS_FILE, kept + source_rows)
     print(f'{target / RESULTS_FILE}: {len(kept)} rows kept, {len(source_rows)} of '
           f'{", ".join(sorted(scenarios))} merged')
@@ -77,7 +84,7 @@ def main(args: list[str]) -> None:
     if len(args) not in (1, 2) or (len(args) == 1 and not retired):
         raise SystemExit(__doc__)
     if len(args) == 2:
-        merge(Path(args[0]), Path(args[1]))
+        merge(Path(args[0]), Path(args[1]), retired)
     if retired:
         retire(Path(args[0]), retired)
 

@@ -2,7 +2,7 @@
 
 Images per second of a training step of torchdistill's DistillationBox with KDLoss and with the method
 (GeneratorAuxiliaryDataset + TeacherConfidenceBatchSampler + MismatchKDLoss, at their defaults: 64 real +
-64 generated per step of 128, one pool per run, the teacher not run again on unmixed pool images:
+64 generated per step of 128, the teacher not run again on unmixed pool images:
 forward_batch_cached_teacher), at the same batch, at CIFAR size (32x32) and ImageNet
 size (224x224); the fitting stages' wall time; peak memory; and the time of an epoch (``--epoch-images``
 images, the sampler's epoch: as many steps as KDLoss's) with the pool's teacher passes included, against
@@ -144,7 +144,8 @@ def main() -> None:
             rows.append(measure(size, args.batch, args.steps, True, strategy, device, args.amp, args.teacher,
                                 args.student))
             rows[-1]['ratio_vs_kd'] = rows[-1]['real_img_per_s'] / baseline['real_img_per_s']
-            # One pool per run (refresh_every 0) is paid once; counted whole in this one epoch, the worst case.
+            # A pool is made at most once an epoch (refresh_servings: once served ~15 times its size); counted
+            # whole in this one epoch, the worst case.
             rows[-1]['epoch_s'] = sum(rows[-1]['stages_s'].values()) + steps_per_epoch * rows[-1]['step_s']
             rows[-1]['epoch_ratio_vs_kd'] = rows[-1]['epoch_s'] / baseline['epoch_s']
             print(json.dumps(rows[-1]), flush=True)

@@ -17,6 +17,7 @@ from conftest import load_method_config  # noqa: E402
 
 from torchdistill_mismatch.dataset import find_auxiliary_dataset  # noqa: E402
 from torchdistill_mismatch.distributed import init_distributed  # noqa: E402
+from torchdistill_mismatch.processes import servings_per_epoch  # noqa: E402
 from torchdistill_mismatch.runner import train_and_evaluate  # noqa: E402
 
 
@@ -43,7 +44,8 @@ def main() -> None:
     report = {'rank': rank, 'test_acc': result.test_acc, 'fitted_here': 'generator_fit' in result.timings,
               'weights_agree': bool(torch.allclose(gathered[0], gathered[1])), 'pool_size': len(dataset.pool_labels),
               'pool_sum': float(dataset.pool_images.sum()), 'last_epoch_indices': drawn,
-              'pool_offset': dataset.pool_offset}
+              'pool_offset': dataset.pool_offset,
+              'servings_per_epoch': servings_per_epoch(boxes[-1].train_data_loader.batch_sampler)}
     (out_dir / f'rank{rank}.json').write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()

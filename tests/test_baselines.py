@@ -154,6 +154,15 @@ def test_consistent_view_collate_is_registered_and_renders_every_image():
     assert torch.equal(views, again), 'the views are drawn from the global RNG that set_seed seeds'
 
 
+def test_consistent_view_collate_clears_cached_teacher_logits():
+    """A pool image's cached logits describe it, not its new view: the cached-teacher forward process must run
+    the teacher on every view."""
+    batch = [(image, label, {'has_teacher_logits': k % 2 == 0, 'teacher_logits': torch.ones(10)})
+             for k, (image, label) in enumerate(_fashion_like_batch())]
+    _, _, supp = consistent_view_collate(batch)
+    assert supp['has_teacher_logits'].shape == (len(batch),) and not bool(supp['has_teacher_logits'].any())
+
+
 def test_consistent_view_collate_names_an_unknown_transform():
     with pytest.raises(ConfigError, match="did you mean 'rotation'"):
         ConsistentViewCollate(transforms=['rotaton'])

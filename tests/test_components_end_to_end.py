@@ -45,6 +45,9 @@ def test_two_processes_with_gloo_fit_once_share_the_pool_and_agree(digits_teache
     real = [{i for i in r['last_epoch_indices'] if i < r['pool_offset']} for r in ranks]
     generated = [{i for i in r['last_epoch_indices'] if i >= r['pool_offset']} for r in ranks]
     assert not real[0] & real[1] and not generated[0] & generated[1], 'ranks must draw disjoint indices'
+    # refresh_servings counts what the whole job serves: both ranks' generated draws of an epoch.
+    served = sum(sum(i >= r['pool_offset'] for i in r['last_epoch_indices']) for r in ranks)
+    assert ranks[0]['servings_per_epoch'] == ranks[1]['servings_per_epoch'] == served > 0
     assert ranks[0]['test_acc'] == ranks[1]['test_acc'] > 20.0
     assert torch.load(tmp_path / 'artifact.pt', weights_only=True)['metadata']['fingerprints']
 

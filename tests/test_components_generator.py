@@ -182,24 +182,28 @@ def _pool_per_epoch(dataset, teacher, epochs, servings_per_epoch):
 
 
 def test_refresh_servings_refreshes_by_reuse_and_a_resumed_run_meets_the_same_pools(digits_teacher):
-    """refresh_servings K: a new pool every ceil(K x pool size / servings per epoch) epochs, fixed by pool 0, so
-    a run resumed at epoch 3 holds at each epoch the pool an uninterrupted run held; 0 = one pool."""
+    """refresh_servings K: a new pool every ceil(K x pool 0's size / servings per epoch) epochs, so a run
+    resumed at epoch 4 holds at each epoch the pool an uninterrupted run held, and makes only the pools it
+    needs (pool 0 once more for the interval); 0 = one pool; refresh_every overrides."""
     real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
     kwargs = dict(num_classes=10, pool_size=200, mixup_alpha=0.0, refresh_servings=3)
+    probe = GeneratorAuxiliaryDataset(real, **kwargs)
+    probe.prepare_epoch(digits_teacher, 'cpu', epoch=0)  # no servings known: pool 0 alone
+    kept = len(probe.pool_labels)
+    assert kept > 0 and probe.pool_refresh_count == 1 and probe.servings_interval is None
+    served = kept  # an epoch serves the pool once: with K = 3, a new pool every 3 epochs
     whole = GeneratorAuxiliaryDataset(real, **kwargs)
-    pools = _pool_per_epoch(whole, digits_teacher, range(8), servings_per_epoch=40)
-    kept = len(_pool_per_epoch(GeneratorAuxiliaryDataset(real, **kwargs), digits_teacher, [0], 40)[0][1])
-    interval = -(-3 * kept // 40)
-    assert whole.servings_interval == interval >= 2, (kept, interval)
-    assert [pools[e][0] for e in range(8)] == [e // interval for e in range(8)]
-    assert not torch.equal(pools[0][1], pools[interval][1]), 'a refresh makes new images'
+    pools = _pool_per_epoch(whole, digits_teacher, range(9), served)
+    assert whole.servings_interval == 3 and whole.pool_refresh_count == 3
+    assert [pools[e][0] for e in range(9)] == [e // 3 for e in range(9)]
+    assert not torch.equal(pools[0][1], pools[3][1]), 'a refresh makes new images'
     resumed = GeneratorAuxiliaryDataset(real, **kwargs)
-    again = _pool_per_epoch(resumed, digits_teacher, range(3, 8), servings_per_epoch=40)
-    for epoch in range(3, 8):
+    again = _pool_per_epoch(resumed, digits_teacher, range(4, 9), served)
+    for epoch in range(4, 9):
         assert again[epoch][0] == pools[epoch][0] and torch.equal(again[epoch][1], pools[epoch][1]), epoch
+    assert resumed.pool_refresh_count == 3, 'pool 0 for the interval, then pools 1 and 2'
     single = GeneratorAuxiliaryDataset(real, **dict(kwargs, refresh_servings=0))
-    assert {index for index, _ in _pool_per_epoch(single, digits_teacher, range(8), 40).values()} == {0}
-    unknown = GeneratorAuxiliaryDataset(real, **kwargs)  # a batch sampler that serves no pool items
-    assert {index for index, _ in _pool_per_epoch(unknown, digits_teacher, range(8), 0).values()} == {0}
-    epochs = GeneratorAuxiliaryDataset(real, **dict(kwargs, refresh_every=2))  # refresh_every overrides
-    assert [i for i, _ in _pool_per_epoch(epochs, digits_teacher, range(8), 40).values()] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert {index for index, _ in _pool_per_epoch(single, digits_teacher, range(9), served).values()} == {0}
+    epochs = GeneratorAuxiliaryDataset(real, **dict(kwargs, refresh_every=2))
+    indices = [index for index, _ in _pool_per_epoch(epochs, digits_teacher, range(6), served).values()]
+    assert indices == [0, 0, 1, 1, 2, 2]

@@ -51,6 +51,12 @@ def test_a_merge_that_would_drop_a_method_the_second_folder_did_not_run_is_refus
     write_rows(first / 'results.csv', [_row('S0', 'srv5', 85.0)])
     write_rows(second / 'results.csv', [_row('S0', 'srv8', 86.0)])
     module = benchmark_script('merge_suites')
-    with pytest.raises(SystemExit, match='srv5 in S0'):
+    with pytest.raises(SystemExit, match='srv5 in S0 seed 0 1x'):
         module.merge(first, second)
     assert [r['method'] for r in read_rows(first / 'results.csv')] == ['srv5'] and second.is_dir()
+    write_rows(second / 'results.csv', [_row('S0', 'srv8', 86.0), dict(_row('S0', 'srv5', 87.0), seed=1)])
+    with pytest.raises(SystemExit, match='srv5 in S0 seed 0 1x'):  # seed 1 rerun, seed 0 not
+        module.merge(first, second)
+    module.main([str(first), str(second), '--retire', 'srv5'])  # retiring it: its rows go to results.retired.csv
+    assert [r['method'] for r in read_rows(first / 'results.csv')] == ['srv8']
+    assert sorted(r['seed'] for r in read_rows(first / 'results.retired.csv')) == ['0', '1']
