@@ -63,7 +63,7 @@ def test_help_lists_the_commands(capsys):
         main(['--help'])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ('train', 'prepare', 'demo', 'bench', 'knobs'):
+    for command in ('train', 'prepare', 'demo', 'bench', 'knobs', 'diagnose'):
         assert re.search(rf'^\s+{command}\s', out, flags=re.M), command
 
 

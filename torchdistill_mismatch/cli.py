@@ -7,7 +7,9 @@ Subcommands:
 - ``prepare --config X.yaml``: fits and saves the generator artifact of a method recipe ahead of training;
 - ``demo``: the offline digits demo (:mod:`torchdistill_mismatch.demo`);
 - ``bench``: the benchmark (:mod:`torchdistill_mismatch.bench`, imported only when asked for);
-- ``knobs``: every YAML knob of the plugin's components as Markdown (what docs/knobs.md holds).
+- ``knobs``: every YAML knob of the plugin's components as Markdown (what docs/knobs.md holds);
+- ``diagnose --config X.yaml``: how the recipe's training data differs from the teacher's, measured with one
+  teacher pass, and what the benchmark measured for that case (:mod:`torchdistill_mismatch.diagnose`).
 
 A bad input ends the command with one line ``error: ...`` naming the YAML key or the flag, and exit code 2.
 """
@@ -84,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     # that importing this module never imports the benchmark.
     commands.add_parser('bench', help='benchmark the method against torchdistill\'s KD methods (see bench --help)',
                         add_help=False)
+
+    diagnose = commands.add_parser(
+        'diagnose', help='measure how the training data differs from the teacher\'s (one teacher pass)',
+        description='Runs the teacher once over the recipe\'s training data and a split in the teacher\'s domain, '
+                    'tests for other imaging conditions and other class proportions, counts how often the '
+                    'schedule shows each image, and says what the benchmark measured for that case.')
+    _add_config_flags(diagnose)
+    diagnose.add_argument('--reference', default=None, metavar='DATASET_ID',
+                          help="a dataset of the recipe in the teacher's domain (default: the test loader's)")
+    diagnose.add_argument('--max_images', type=int, default=20000, metavar='N',
+                          help='at most N images of each split (0 = all; default 20000)')
+    diagnose.add_argument('--json', default=None, metavar='PATH', help='also write the report as JSON to PATH')
+    diagnose.set_defaults(handler=run_diagnose)
 
     knobs = commands.add_parser('knobs', help='print every YAML knob as Markdown (docs/knobs.md)')
     knobs.add_argument('-write', action='store_true',
@@ -196,6 +211,29 @@ def run_demo(args: argparse.Namespace) -> int:
     """``demo``: see :mod:`torchdistill_mismatch.demo`."""
     from . import demo
     return demo.main(args)
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    """``diagnose``: see :mod:`torchdistill_mismatch.diagnose`."""
+    from torchdistill.common.main_util import set_seed
+
+    from . import diagnose
+    from .distributed import resolve_device
+    from .io_util import atomic_write_text
+    from .progress import setup_logging
+
+    if args.max_images < 0:
+        raise ConfigError(f'--max_images {args.max_images}: must be 0 (all) or more')
+    setup_logging(args.run_log)
+    set_seed(args.seed)
+    config = load_recipe(args.config)
+    start = time.perf_counter()
+    report = diagnose.diagnose(config, resolve_device(args.device), args.reference, args.max_images)
+    print(diagnose.render(report), flush=True)
+    if args.json:
+        atomic_write_text(args.json, report.to_json() + '\n')
+    logger.info('diagnose took %.1f s', time.perf_counter() - start)
+    return 0
 
 
 def knob_sections() -> list[tuple[str, str, Any, str]]:
