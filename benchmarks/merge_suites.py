@@ -60,8 +60,12 @@ def merge(target: Path, source: Path, retiring: set[str] = frozenset()) -> None:
         if (source / folder).is_dir():
             shutil.copytree(source / folder, target / folder, dirs_exist_ok=True)
     if (source / INVOCATIONS_FILE).is_file():
+        # A folder started by seed_suite.py holds the first folder's invocations too: append only new ones.
+        known = set((target / INVOCATIONS_FILE).read_text().splitlines()) if (target / INVOCATIONS_FILE).is_file() \
+            else set()
+        new = [line for line in (source / INVOCATIONS_FILE).read_text().splitlines() if line and line not in known]
         with (target / INVOCATIONS_FILE).open('a') as handle:
-            handle.write((source / INVOCATIONS_FILE).read_text())
+            handle.writelines(line + '\n' for line in dict.fromkeys(new))
     shutil.rmtree(source)
 
 

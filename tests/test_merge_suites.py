@@ -18,7 +18,9 @@ def test_the_second_folder_replaces_its_scenarios_and_old_rows_are_retired(tmp_p
     write_rows(first / 'results.superseded.csv', [_row('S0', 'method', 2.0)])
     write_rows(second / 'results.csv', [_row('S0', 'dist', 85.0), _row('S0', 'old', 6.0)])
     (second / 'recipes' / 'S0__dist.yaml').write_text('x: 1\n')
-    (second / 'invocations.jsonl').write_text('{"invocation": "b"}\n')
+    # A second folder started by seed_suite.py also holds the first folder's invocation ("a").
+    (first / 'invocations.jsonl').write_text('{"invocation": "a"}\n')
+    (second / 'invocations.jsonl').write_text('{"invocation": "a"}\n{"invocation": "b"}\n')
     module = benchmark_script('merge_suites')
     module.merge(first, second)
     module.retire(first, {'old'})
@@ -27,7 +29,7 @@ def test_the_second_folder_replaces_its_scenarios_and_old_rows_are_retired(tmp_p
     assert [r['method'] for r in read_rows(first / 'results.superseded.csv')] == ['method']
     assert sorted(r['scenario'] for r in read_rows(first / 'results.retired.csv')) == ['S0', 'S1']
     assert (first / 'recipes' / 'S0__dist.yaml').is_file() and not second.exists()
-    assert '"b"' in (first / 'invocations.jsonl').read_text()
+    assert (first / 'invocations.jsonl').read_text().splitlines() == ['{"invocation": "a"}', '{"invocation": "b"}']
 
 
 def test_one_folder_with_retire_retires_without_merging_and_alone_is_refused(tmp_path, benchmark_script):
