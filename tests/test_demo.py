@@ -40,6 +40,10 @@ def test_demo_quick_prints_the_table_and_writes_its_files(tmp_path, capsys, one_
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
     results = json.loads((output / 'results.json').read_text())
     assert [row['recipe'] for row in results['rows']] == ['teacher', 'student', 'kd', 'mismatch']
+    # The demo's student data is long-tailed and drawn like the teacher's otherwise: diagnose says so.
+    assert 'diagnose: class proportions: differ' in out and 'diagnose: imaging conditions: no sign' in out
+    assert {f['kind']: f['shift'] for f in results['diagnosis']['findings']} == {
+        'imaging conditions': False, 'class proportions': True}
     assert len(results['runs']) == 1 + 2 * 3
     method_runs = [run for run in results['runs'] if run['recipe'] == 'mismatch']
     assert 'generator_fit' in method_runs[0]['timings'] and 'generator_fit' not in method_runs[1]['timings'], \

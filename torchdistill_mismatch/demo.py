@@ -317,6 +317,7 @@ def main(args: argparse.Namespace) -> int:
         # fingerprint changes) instead of silently reusing a generator fitted against another teacher.
         teacher = _train(teacher_config, device, TEACHER_RECIPE, None, dst_ckpt=str(output / 'teacher.pt'))
         print(f'[1/{total}] teacher: {teacher.test_acc:.1f}% ({teacher.seconds:.1f} s)', flush=True)
+        diagnosis = _diagnose(recipe_dir, output, device)
         students: list[DemoRun] = []
         groups = None
         figure_inputs: dict[str, Any] = {}
@@ -342,7 +343,7 @@ def main(args: argparse.Namespace) -> int:
         plot_accuracy(rows, output / 'accuracy.png')
         plot_samples(figure_inputs['dataset'], figure_inputs['teacher'], device, output / 'samples.png')
         elapsed = time.perf_counter() - started
-        _write_results(output, args, recipe_dir, rows, groups, teacher, students, elapsed)
+        _write_results(output, args, recipe_dir, rows, groups, teacher, students, elapsed, diagnosis)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -361,8 +362,19 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(recipe_dir: Path, output: Path, device: str) -> dict[str, Any]:
+    """What ``torchdistill-mismatch diagnose`` finds in the method's recipe, one line per finding."""
+    from .diagnose import diagnose
+    report = diagnose(_load(recipe_dir, 'mismatch', output, None, False), device)
+    for finding in report.findings:
+        verdict = 'differ' if finding.shift else 'no sign of a difference'
+        print(f'      diagnose: {finding.kind}: {verdict} ({finding.summary})', flush=True)
+    return json.loads(report.to_json())
+
+
 def _write_results(output: Path, args: argparse.Namespace, recipes: Path, rows: list[dict[str, Any]],
-                   groups: dict[str, list[int]], teacher: DemoRun, students: list[DemoRun], elapsed: float) -> None:
+                   groups: dict[str, list[int]], teacher: DemoRun, students: list[DemoRun], elapsed: float,
+                   diagnosis: dict[str, Any] | None = None) -> None:
     """``results.json``: every number of the table, each run's timings and history, and the command line.
 
     Each run's history is the one its training reported (a copy, see ``runner._train``): the pool the
@@ -375,7 +387,7 @@ def _write_results(output: Path, args: argparse.Namespace, recipes: Path, rows: 
     payload = {
         'command': ' '.join(['torchdistill-mismatch', 'demo'] + [a for a in sys.argv[2:]]) if sys.argv[1:2] == ['demo']
         else 'torchdistill-mismatch demo', 'args': {k: v for k, v in vars(args).items() if k != 'handler'},
-        'recipes': str(recipes), 'class_groups': groups, 'rows': rows,
+        'recipes': str(recipes), 'class_groups': groups, 'rows': rows, 'diagnosis': diagnosis,
         'runs': [vars(teacher)] + [vars(r) for r in students], 'seconds': elapsed,
         'versions': {'torchdistill_mismatch': __version__, 'torch': torch.__version__,
                      'torchdistill': torchdistill.__version__, 'python': platform.python_version()},

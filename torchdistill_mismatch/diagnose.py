@@ -68,11 +68,12 @@ class SplitStats:
 
 @dataclass
 class Finding:
-    """One measurement and whether it found a shift."""
+    """One measurement, whether it found a shift, the report's sentence and a one-line summary."""
     kind: str
     shift: bool
     statistic: float
     text: str
+    summary: str = ''
 
 
 @dataclass
@@ -158,7 +159,8 @@ def imaging_finding(train: SplitStats, reference: SplitStats) -> Finding:
             f'confidence - accuracy {train.overconfidence:+.1f} points against {reference.overconfidence:+.1f}. ')
     text += ('Other imaging conditions than the teacher\'s: the method\'s case.' if shift else
              'No sign of other imaging conditions.')
-    return Finding('imaging conditions', shift, z, text)
+    summary = f'teacher right on {100 * observed:.1f}% against {100 * expected:.1f}% at the same class mix, z = {z:.1f}'
+    return Finding('imaging conditions', shift, z, text, summary)
 
 
 def proportions_finding(train: SplitStats, reference: SplitStats) -> Finding:
@@ -179,7 +181,8 @@ def proportions_finding(train: SplitStats, reference: SplitStats) -> Finding:
             f'chi-square {statistic:.0f} on {dof} degrees of freedom, p {_p_text(p_value)}). ')
     text += ('Other class proportions than the reference\'s: the method\'s case (its pool draws classes '
              'uniformly by default).' if shift else 'No sign of other class proportions.')
-    return Finding('class proportions', shift, statistic, text)
+    summary = f'largest class / smallest {ratio:.0f}, total variation {tv:.2f}, p {_p_text(p_value)}'
+    return Finding('class proportions', shift, statistic, text, summary)
 
 
 def _p_text(p_value: float) -> str:
