@@ -102,3 +102,16 @@ def test_bad_input_is_one_line_naming_the_key(change, args, expected, recipe, ca
     assert main(['diagnose', '--config', str(path), *args]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_the_advice_names_shipped_recipes_that_exist():
+    from torchdistill_mismatch.diagnose import Finding, advise
+    from torchdistill_mismatch.resources import recipe_dir
+
+    plain = stats([600] * 10, [90.0] * 10)
+    for shift in (False, True):
+        text = advise([Finding('imaging conditions', shift, 0.0, '')], 3.0, plain)
+        named = [word.rstrip(').,') for word in text.split() if word.rstrip(').,').endswith('.yaml')]
+        assert named, text
+        for path in named:
+            assert Path(path).is_file() or (recipe_dir().parent / path).is_file(), path

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .knobs import ConfigError
+from .resources import recipe_file
 
 # Each test's false alarm on data like the teacher's: about 1 in 1,000 (a drop beyond three standard errors,
 # one-sided: 1 in 740; chi-square at p < 0.001), the usual bar for "not noise" when a report runs two tests
@@ -211,6 +213,15 @@ def schedule_repetition(config: dict, train_images: int) -> float | None:
     return epochs * share
 
 
+def _shipped(relative: str) -> str:
+    """A shipped recipe's path as the user can type it: relative to the working folder when inside it."""
+    path = recipe_file(relative)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def advise(findings: list[Finding], repetition: float | None, train: SplitStats) -> str:
     """What the benchmark measured for the nearest case: compute-matched gains, the method minus the best
     alternative at its wall time, at 1x / 2x / 4x the steps (docs/method.md, rounds 11-13;
@@ -223,8 +234,8 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
                 '(grey long tail); other imaging conditions +4.65 / +0.09 / -2.14 on the teacher\'s domain and '
                 '+1.24 / +9.23 / +10.59 on the student\'s (grey: inverted, rotated, blurred), +3.08 / +4.24 / -1.62 '
                 'and +0.01 / +2.84 / +3.81 (colour: photo backgrounds). With other imaging conditions, a long run '
-                'and a model deployed on the teacher\'s domain, consistent-view KD (configs/fashion_mnist/'
-                'kd_consistent.yaml) overtook the method at 4x.')
+                'and a model deployed on the teacher\'s domain, consistent-view KD (the shipped example: '
+                f'{_shipped("fashion_mnist/kd_consistent.yaml")}) overtook the method at 4x.')
     per_class = min((c for c in train.class_counts if c), default=0)
     shown = '' if repetition is None else f', each shown about {repetition:.0f} times by this schedule'
     return (f'No shift found. This recipe has {per_class} or more images a class{shown}. Where nothing was '
@@ -232,8 +243,8 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
             'data (600 images a class, each shown 3 / 6 / 12 times: -0.81 / -0.24 / +0.03 points at 1x / 2x / '
             '4x the steps) and ahead of every alternative with scarce data (50 a class, shown 15-120 times: '
             '+0.98 / +1.58 / +1.56 grey, +1.98 / +7.79 / +2.92 colour), docs/method.md. With plentiful data and '
-            'no shift, `DISTLoss` + CE (the shipped example: configs/fashion_mnist/dist.yaml) is the cheaper '
-            'choice.')
+            f'no shift, `DISTLoss` + CE (the shipped example: {_shipped("fashion_mnist/dist.yaml")}) is the '
+            'cheaper choice.')
 
 
 def _dataset(config: dict, dataset_id: str, flag: str) -> Dataset:
