@@ -115,3 +115,14 @@ def test_the_advice_names_shipped_recipes_that_exist():
         assert named, text
         for path in named:
             assert Path(path).is_file() or (recipe_dir().parent / path).is_file(), path
+
+
+def test_a_default_reference_that_is_the_training_data_names_the_recipe_key(recipe, capsys):
+    path = recipe('none')
+    text = path.read_text()
+    assert text.count('dataset_id: *test') == 2  # the validation and the test loaders
+    path.write_text(text.replace('dataset_id: *test', 'dataset_id: *student_train'))
+    assert main(['diagnose', '--config', str(path)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and "test.test_data_loader.dataset_id 'digits/student': that is the training data" \
+        in errors[0], errors

@@ -364,12 +364,14 @@ def main(args: argparse.Namespace) -> int:
 
 def _diagnose(recipe_dir: Path, output: Path, device: str) -> dict[str, Any]:
     """What ``torchdistill-mismatch diagnose`` finds in the method's recipe, one line per finding."""
+    from dataclasses import asdict
+
     from .diagnose import diagnose
     report = diagnose(_load(recipe_dir, 'mismatch', output, None, False), device)
     for finding in report.findings:
         verdict = 'differ' if finding.shift else 'no sign of a difference'
         print(f'      diagnose: {finding.kind}: {verdict} ({finding.summary})', flush=True)
-    return json.loads(report.to_json())
+    return asdict(report)
 
 
 def _write_results(output: Path, args: argparse.Namespace, recipes: Path, rows: list[dict[str, Any]],

@@ -284,18 +284,22 @@ def diagnose(config: dict, device: torch.device | str = 'cpu', reference: str | 
     train_id = ((config.get('train') or {}).get('train_data_loader') or {}).get('dataset_id')
     if not train_id:
         raise ConfigError('train.train_data_loader.dataset_id: missing; diagnose reads the training data from it')
+    # Where the reference's id comes from, for the messages: the flag, or the recipe key it defaults to.
+    source = '--reference'
     if reference is None:
-        reference = (((config.get('test') or {}).get('test_data_loader') or {}).get('dataset_id')
-                     or ((config.get('train') or {}).get('val_data_loader') or {}).get('dataset_id'))
+        source, reference = 'test.test_data_loader.dataset_id', \
+            ((config.get('test') or {}).get('test_data_loader') or {}).get('dataset_id')
+        if not reference:
+            source, reference = 'train.val_data_loader.dataset_id', \
+                ((config.get('train') or {}).get('val_data_loader') or {}).get('dataset_id')
         if not reference:
             raise ConfigError('test.test_data_loader.dataset_id: missing (and no train.val_data_loader); name a '
                               'split in the teacher\'s domain with --reference')
     if reference == train_id:
-        raise ConfigError(f'--reference {reference!r}: that is the training data; name a split in the teacher\'s '
-                          'domain (its validation or test split)')
-    flag = '--reference'
+        raise ConfigError(f'{source} {reference!r}: that is the training data; name a split in the teacher\'s '
+                          'domain (its validation or test split) with --reference')
     train_set = _dataset(config, train_id, 'train.train_data_loader.dataset_id')
-    reference_set = _dataset(config, reference, flag)
+    reference_set = _dataset(config, reference, source)
     num_classes = _num_classes(config)
     teacher = load_model(teacher_config, device, 'models.teacher_model', require_ckpt=True)
     train = split_stats(teacher, train_set, train_id, num_classes, device, max_images)
