@@ -93,8 +93,9 @@ class Diagnosis:
 
 @torch.no_grad()
 def split_stats(teacher: nn.Module, dataset: Dataset, name: str, num_classes: int, device: torch.device,
-                max_images: int = 0, batch_size: int = 512, seed: int = 0) -> SplitStats:
-    """The teacher's accuracy and confidence on ``dataset`` (at most ``max_images``, drawn without replacement).
+                max_images: int = 0, batch_size: int = 512, seed: int = 0, num_workers: int = 0) -> SplitStats:
+    """The teacher's accuracy and confidence on ``dataset`` (at most ``max_images``, drawn without replacement),
+    read by ``num_workers`` loader processes (the recipe's: decoding large images is most of the pass).
 
     Raises:
         ConfigError: when an item is not (image, label, ...) with a label in [0, num_classes).
@@ -108,7 +109,7 @@ def split_stats(teacher: nn.Module, dataset: Dataset, name: str, num_classes: in
     correct = torch.zeros(num_classes)
     counts = torch.zeros(num_classes)
     confidence = 0.0
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
             raise ConfigError(f'datasets.{name}: items must be (image, label, ...); diagnose compares the teacher '
                               'with the labels')
@@ -302,8 +303,11 @@ def diagnose(config: dict, device: torch.device | str = 'cpu', reference: str | 
     reference_set = _dataset(config, reference, source)
     num_classes = _num_classes(config)
     teacher = load_model(teacher_config, device, 'models.teacher_model', require_ckpt=True)
-    train = split_stats(teacher, train_set, train_id, num_classes, device, max_images)
-    ref = split_stats(teacher, reference_set, reference, num_classes, device, max_images, seed=1)
+    loader_kwargs = ((config.get('train') or {}).get('train_data_loader') or {}).get('kwargs') or {}
+    workers = int(loader_kwargs.get('num_workers') or 0)
+    train = split_stats(teacher, train_set, train_id, num_classes, device, max_images, num_workers=workers)
+    ref = split_stats(teacher, reference_set, reference, num_classes, device, max_images, seed=1,
+                      num_workers=workers)
     findings = [imaging_finding(train, ref), proportions_finding(train, ref)]
     repetition = schedule_repetition(config, train.images)
     return Diagnosis(train, ref, repetition, findings, advise(findings, repetition, train))
