@@ -132,6 +132,11 @@ def split_stats(teacher: nn.Module, dataset: Dataset, name: str, num_classes: in
                       class_names=names)
 
 
+def _class_fractions(stats: SplitStats) -> torch.Tensor:
+    """Per-class accuracy as a fraction (float64), NaN for a class the split lacks."""
+    return torch.tensor([float('nan') if a is None else a / 100 for a in stats.class_accuracy], dtype=torch.float64)
+
+
 def imaging_finding(train: SplitStats, reference: SplitStats) -> Finding:
     """z test of the teacher's accuracy on the training labels against the reference's at the same class mix.
 
@@ -142,14 +147,12 @@ def imaging_finding(train: SplitStats, reference: SplitStats) -> Finding:
     counts = torch.tensor(train.class_counts, dtype=torch.float64)
     mix = counts / counts.sum()
     ref_counts = torch.tensor(reference.class_counts, dtype=torch.float64)
-    ref_acc = torch.tensor([a if a is not None else float('nan') for a in reference.class_accuracy],
-                           dtype=torch.float64) / 100
+    ref_acc = _class_fractions(reference)
     known = (ref_counts > 0) & (counts > 0)
     # Classes the reference lacks are left out of both sides.
     mix_known = mix[known] / mix[known].sum()
     expected = float((mix_known * ref_acc[known]).sum())
-    train_acc = torch.tensor([a if a is not None else float('nan') for a in train.class_accuracy],
-                             dtype=torch.float64)[known] / 100
+    train_acc = _class_fractions(train)[known]
     observed = float((mix_known * train_acc).sum())
     n = float(counts[known].sum())
     variance = observed * (1 - observed) / n + float((mix_known ** 2 * ref_acc[known] * (1 - ref_acc[known])
