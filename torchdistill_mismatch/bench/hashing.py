@@ -33,7 +33,13 @@ HARNESS_MODULES = ('bench', 'cli', 'demo', '__main__', 'plots', 'io_util', 'reci
 # with the method's renderer).
 BASELINE_KEYS = {'kd_mixup_collate': ('baselines',), 'consistent_view_collate': ('baselines', 'renderer')}
 # Data factories outside the core modules, and their module: a recipe naming one depends on its code.
-DATASET_KEYS = {'torchdistill_mismatch.rgb_data.': ('rgb_data',)}
+DATASET_KEYS = {'torchdistill_mismatch.rgb_data.': ('rgb_data',),
+                'torchdistill_mismatch.corruptions.': ('corruptions',),
+                'torchdistill_mismatch.rgb_corruptions.': ('rgb_corruptions', 'corruptions', 'rgb_data')}
+# Scenario data modules that only the recipes naming them (DATASET_KEYS) depend on: left out of the method's
+# every-module set, so that adding a scenario reruns its own rows and no other suite's. (rgb_data predates
+# this list and stays in that set, so that the rows made before it keep their hashes.)
+SCENARIO_MODULES = ('corruptions', 'rgb_corruptions')
 
 # Taken once per process: the code that runs is what was imported when the suite started, so an edit
 # (or a new file) made while a suite runs must not relabel that suite's rows.
@@ -85,7 +91,7 @@ def code_dependencies(recipe_text: str) -> list[str]:
     """The package modules whose code a rendered recipe's results depend on (see METHOD_KEYS)."""
     modules = set(CORE_MODULES)
     if any(key in recipe_text for key in METHOD_KEYS):
-        modules |= set(package_modules()) - set(HARNESS_MODULES) - {'baselines'}
+        modules |= set(package_modules()) - set(HARNESS_MODULES) - set(SCENARIO_MODULES) - {'baselines'}
     for key, key_modules in {**BASELINE_KEYS, **DATASET_KEYS}.items():
         if key in recipe_text:
             modules.update(key_modules)

@@ -34,6 +34,9 @@ from .yaml_tree import (
 
 # The built-in scenarios' dataset: the bench writes scenario and seed into its node with part 'student'.
 DATASET_FACTORY = 'torchdistill_mismatch.data.mismatch_dataset'
+# The package's other data factories: a recipe written for one of them marks its student slot with it too, so
+# a scenario's `dataset:` of another factory (a corrupted domain of the same images) can take that slot.
+OTHER_DATA_FACTORIES = ('torchdistill_mismatch.rgb_data.fashion_rgb_dataset',)
 # The teacher checkpoint's place in a recipe until the run starts, so the hash does not depend on the cache's path.
 TEACHER_TOKEN = '<teacher:{}>'
 # The dataset id under which a scenario's second test set (the student's domain) is added to the recipe.
@@ -113,13 +116,15 @@ def _write_scenario_data(tree: dict, scenario: ScenarioSpec, seed: int, where: s
         How the run's student_domain_acc is taken (one of the STUDENT_DOMAIN_* ways), None for none.
     """
     datasets = tree.get('datasets') or {}
-    nodes = list(import_calls(datasets, DATASET_FACTORY))
-    if scenario.dataset is not None and scenario.dataset.factory != DATASET_FACTORY:
-        # A recipe written for the scenario's own factory marks its student slot with that factory.
-        nodes += list(import_calls(datasets, scenario.dataset.factory))
+    keys = [DATASET_FACTORY]
+    if scenario.dataset is not None:
+        # A recipe written for the scenario's own factory, or for another of the package's, marks its student
+        # slot with that factory.
+        keys += [key for key in (scenario.dataset.factory, *OTHER_DATA_FACTORIES) if key not in keys]
+    nodes = [node for key in keys for node in import_calls(datasets, key)]
     students = [node for node in nodes if call_kwargs(node).get('part') == 'student']
     if not students:
-        factories = f'`{DATASET_FACTORY}`' + (f' or `{scenario.dataset.factory}`' if scenario.dataset else '')
+        factories = ' or '.join(f'`{key}`' for key in keys)
         raise ConfigError(f"{where}: no {factories} dataset with part: 'student'; the bench writes the "
                           'scenario and seed there (or puts a scenario\'s `dataset:` in its place)')
     if scenario.dataset is None:
