@@ -104,6 +104,7 @@ def test_the_shipped_corruption_suite_renders_the_grey_suites_method_on_both_dom
     spec = bench.load_suite(CONFIG_ROOT / 'fashion_mnist' / 'bench_corruptions_cpu.yaml')
     grey = bench.load_suite(CONFIG_ROOT / 'fashion_mnist' / 'bench_cpu.yaml')
     assert set(spec.scenarios) == {'C1', 'C2'}
+    grey_run = bench.render_run(grey, grey.scenarios['S0'], grey.methods['method'], 1, 'teacherkey', 'cpu')
     for scenario in spec.scenarios.values():
         for method in spec.methods.values():
             run = bench.render_run(spec, scenario, method, 1, 'teacherkey', 'cpu')
@@ -111,7 +112,6 @@ def test_the_shipped_corruption_suite_renders_the_grey_suites_method_on_both_dom
         method_run = bench.render_run(spec, scenario, spec.methods['method'], 1, 'teacherkey', 'cpu')
         assert 'corruptions' in bench.code_dependencies(method_run.hashed_text)
         # The held-out check runs the landed method as the grey suite does: the same training section.
-        grey_run = bench.render_run(grey, grey.scenarios['S0'], grey.methods['method'], 1, 'teacherkey', 'cpu')
         assert method_run.tree['train']['criterion'] == grey_run.tree['train']['criterion']
         assert method_run.tree['train']['train_data_loader']['batch_sampler'] == \
             grey_run.tree['train']['train_data_loader']['batch_sampler']

@@ -62,3 +62,22 @@ def test_a_merge_that_would_drop_a_method_the_second_folder_did_not_run_is_refus
     module.main([str(first), str(second), '--retire', 'srv5'])  # retiring it: its rows go to results.retired.csv
     assert [r['method'] for r in read_rows(first / 'results.csv')] == ['srv8']
     assert sorted(r['seed'] for r in read_rows(first / 'results.retired.csv')) == ['0', '1']
+
+
+def test_by_run_merges_two_folders_that_ran_other_seeds_of_the_same_scenario(tmp_path, benchmark_script):
+    first, second = tmp_path / 'a', tmp_path / 'b'
+    for folder in (first, second):
+        (folder / 'samples').mkdir(parents=True)
+    write_rows(first / 'results.csv', [_row('D', 'kd', 60.0), dict(_row('D', 'kd', 61.0), seed=1)])
+    write_rows(second / 'results.csv', [dict(_row('D', 'kd', 62.0), seed=2), dict(_row('D', 'kd', 63.0), seed=1)])
+    (first / 'samples' / 'D__real.npz').write_text('first')
+    (second / 'samples' / 'D__real.npz').write_text('second')
+    (second / 'samples' / 'D__method.npz').write_text('second')
+    module = benchmark_script('merge_suites')
+    with pytest.raises(SystemExit, match='kd in D seed 0 1x'):  # by scenario it would drop seed 0
+        module.merge(first, second)
+    module.main([str(first), str(second), '--by-run'])
+    current = {r['seed']: float(r['test_acc']) for r in read_rows(first / 'results.csv')}
+    assert current == {'0': 60.0, '1': 63.0, '2': 62.0}  # the second folder's run of seed 1 replaces the first's
+    assert (first / 'samples' / 'D__real.npz').read_text() == 'first'  # the first folder's grid stays
+    assert (first / 'samples' / 'D__method.npz').read_text() == 'second' and not second.exists()

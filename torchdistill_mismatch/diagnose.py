@@ -247,12 +247,14 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
     per_class = min((c for c in train.class_counts if c), default=0)
     shown = '' if repetition is None else f', each shown about {repetition:.0f} times by this schedule'
     return (f'No shift found. This recipe has {per_class} or more images a class{shown}. Where nothing was '
-            'shifted, the benchmark measured the method behind `DISTLoss` + CE at equal wall time with plentiful '
-            'data (600 images a class, each shown 3 / 6 / 12 times: -0.81 / -0.24 / +0.03 points at 1x / 2x / '
-            '4x the steps) and ahead of every alternative with scarce data (50 a class, shown 15-120 times: '
-            '+0.98 / +1.58 / +1.56 grey, +1.98 / +7.79 / +2.92 colour), docs/method.md. With plentiful data and '
-            f'no shift, `DISTLoss` + CE (the shipped example: {_shipped("fashion_mnist/dist.yaml")}) is the '
-            'cheaper choice.')
+            'shifted, the benchmark measured the method behind the best plain distiller at equal wall time with '
+            'plentiful data (600 images a class, each shown 3 / 6 / 12 times: -0.81 / -0.24 / +0.03 points at 1x '
+            '/ 2x / 4x the steps behind `DISTLoss` + CE, grey; 300 a class shown 2.5 / 5 times, held out: '
+            '-4.57 / -1.75 behind `KDLoss`, colour, where diagnose found no shift either) and ahead of every '
+            'alternative with scarce data (50 a class, shown 15-120 times: +0.98 / +1.58 / +1.56 grey, +1.98 / '
+            '+7.79 / +2.92 colour), docs/method.md. With plentiful data and no shift, plain KD is the cheaper '
+            f'choice: `DISTLoss` + CE or `KDLoss`, whichever distils your pair better (the shipped examples: '
+            f'{_shipped("fashion_mnist/dist.yaml")}, {_shipped("fashion_rgb/kd.yaml")}).')
 
 
 def _dataset(config: dict, dataset_id: str, flag: str) -> Dataset:
