@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -376,6 +377,25 @@ def test_quick_suite_writes_summary_and_plots(quick_suite):
     for name in ('accuracy.png', 'wall_time.png', 'samples_S0.png', 'samples_S1.png', 'samples_S2.png',
                  'samples_S3.png', 'compute_S0.png', 'compute_S3.png'):
         assert (report.suite_dir / name).stat().st_size > 1000, name
+
+
+def test_a_clone_adopts_the_teacher_kept_beside_the_results_instead_of_retraining(tmp_path):
+    """Training is not reproducible across machines, so an empty cache takes the suite's kept checkpoint when
+    its record names the same cache key and its bytes hash to the recorded SHA-256, and only then."""
+    from torchdistill_mismatch.bench.teacher import adopt_kept_teacher, file_sha256
+    suite_dir, cache = tmp_path / 'suite', tmp_path / 'cache'
+    suite_dir.mkdir()
+    (suite_dir / 'teacher.pt').write_bytes(b'weights')
+    record = {'sha256': file_sha256(suite_dir / 'teacher.pt'), 'test_acc': 90.84, 'cache_key': 'abc'}
+    (suite_dir / 'teacher.json').write_text(json.dumps(record))
+    assert not adopt_kept_teacher(suite_dir, cache, 'other'), 'another key: another teacher'
+    assert adopt_kept_teacher(suite_dir, cache, 'abc')
+    assert (cache / 'teacher-abc.pt').read_bytes() == b'weights'
+    assert json.loads((cache / 'teacher-abc.json').read_text())['test_acc'] == 90.84
+    assert not adopt_kept_teacher(suite_dir, cache, 'abc'), 'a cache entry is never overwritten'
+    (cache / 'teacher-abc.json').unlink()
+    (suite_dir / 'teacher.pt').write_bytes(b'retrained')
+    assert not adopt_kept_teacher(suite_dir, cache, 'abc'), 'bytes that are not the recorded teacher'
 
 
 @pytest.mark.slow

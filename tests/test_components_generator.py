@@ -207,3 +207,30 @@ def test_refresh_servings_refreshes_by_reuse_and_a_resumed_run_meets_the_same_po
     epochs = GeneratorAuxiliaryDataset(real, **dict(kwargs, refresh_every=2))
     indices = [index for index, _ in _pool_per_epoch(epochs, digits_teacher, range(6), served).values()]
     assert indices == [0, 0, 1, 1, 2, 2]
+
+
+class _FlatTeacher(torch.nn.Module):
+    """A teacher with no opinion: equal logits for every class, so p_T(c) = 0.1 and tau = 0.5 keeps nothing."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(images), 10)
+
+
+def test_refresh_servings_keeps_one_pool_where_the_teacher_accepts_nothing_and_resizes_for_a_new_teacher(
+        digits_teacher):
+    """An empty pool 0 would be empty again: no futile pool every epoch. A multi-stage recipe that swaps the
+    teacher sizes the interval from the new teacher's pool 0, as a run resumed in that stage would."""
+    real = mismatch_dataset('digits', 'student', 'covariate', seed=0, image_size=16)
+    kwargs = dict(num_classes=10, pool_size=200, mixup_alpha=0.0, refresh_servings=3)
+    flat = _FlatTeacher()
+    empty = GeneratorAuxiliaryDataset(real, **kwargs)
+    pools = _pool_per_epoch(empty, flat, range(4), servings_per_epoch=100)
+    assert empty.servings_interval == 0 and empty.pool_refresh_count == 1
+    assert {index for index, _ in pools.values()} == {0} and len(empty.pool_labels) == 0
+    swapped = GeneratorAuxiliaryDataset(real, **kwargs)
+    probe = GeneratorAuxiliaryDataset(real, **kwargs)
+    probe.prepare_epoch(digits_teacher, 'cpu', epoch=0)
+    _pool_per_epoch(swapped, digits_teacher, range(2), servings_per_epoch=len(probe.pool_labels))
+    assert swapped.servings_interval == 3
+    _pool_per_epoch(swapped, flat, range(2, 6), servings_per_epoch=len(probe.pool_labels))
+    assert swapped.servings_interval == 0 and len(swapped.pool_labels) == 0

@@ -34,7 +34,9 @@ def test_matches_a_hand_computation(weighting):
         w = 1.0 if weighting == 'agreement' and agrees else _softmax(te)[y] ** kappa
         ce = -math.log(_softmax(s)[y])
         expected.append(w * kl + (1 - w) * ce)
-    loss = MismatchKDLoss(divergence='kl', label_weight=0.0, temperature=t, kappa=kappa, weighting=weighting)
+    # logit_adjustment 0: the cross-entropy on the bare logits (its adjustment has a test of its own below).
+    loss = MismatchKDLoss(divergence='kl', label_weight=0.0, temperature=t, kappa=kappa, weighting=weighting,
+                          logit_adjustment=0.0)
     got = loss(_io(torch.tensor(student)), _io(torch.tensor(teacher)), torch.tensor(labels))
     assert got.item() == pytest.approx(sum(expected) / 2, rel=1e-5)
 
@@ -114,7 +116,8 @@ def test_correlation_form_equals_torchdistills_dist_plus_ce_where_the_weight_is_
     torch.manual_seed(2)
     student, teacher = torch.randn(32, 10), torch.randn(32, 10) * 2
     labels = torch.randint(10, (32,))
-    ours = MismatchKDLoss(kappa=0.0, temperature=4.0, beta=2.0, gamma=2.0)(_io(student), _io(teacher), labels)
+    ours = MismatchKDLoss(kappa=0.0, temperature=4.0, beta=2.0, gamma=2.0, logit_adjustment=0.0)(
+        _io(student), _io(teacher), labels)
     assert ours.item() == pytest.approx(_dist_plus_ce(student, teacher, labels, beta=2.0, gamma=2.0, tau=4.0),
                                         rel=1e-5)
 
@@ -164,8 +167,49 @@ def test_takeover_gives_the_label_the_items_the_teacher_gets_wrong():
     labels = torch.tensor([1])
     ce = -math.log(_softmax([0.0, 1.0, 0.0])[1])
     for mu in (1.0, 16.0):
-        loss = MismatchKDLoss(divergence='kl', weighting='probability', kappa=50.0, label_weight=1.0, takeover=mu)
+        loss = MismatchKDLoss(divergence='kl', weighting='probability', kappa=50.0, label_weight=1.0, takeover=mu,
+                              logit_adjustment=0.0)
         assert loss(_io(student), _io(teacher), labels).item() == pytest.approx((1.0 + mu) * ce, rel=1e-4)
+
+
+def _fitted_class_bias(labels: torch.Tensor, logit_adjustment: float) -> torch.Tensor:
+    """A bias-only student (logits = b for every image) fitted by the loss's label term alone (no teacher term)."""
+    bias = torch.zeros(3, requires_grad=True)
+    loss = MismatchKDLoss(beta=0.0, gamma=0.0, kappa=0.0, logit_adjustment=logit_adjustment)
+    optimizer = torch.optim.SGD([bias], lr=0.5)
+    teacher = torch.zeros(len(labels), 3)
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss(_io(bias.expand(len(labels), 3)), _io(teacher), labels).backward()
+        optimizer.step()
+    return torch.softmax(bias.detach(), dim=0)
+
+
+def test_logit_adjustment_keeps_the_students_posteriors_balanced_under_a_long_tail():
+    # Labels 80 / 15 / 5 %: plain cross-entropy learns the label prior; the logit-adjusted one (Menon et al.,
+    # ICLR 2021) learns what the teacher's balanced data would give, equal odds without evidence.
+    labels = torch.tensor([0] * 80 + [1] * 15 + [2] * 5)
+    plain = _fitted_class_bias(labels, 0.0)
+    adjusted = _fitted_class_bias(labels, 1.0)
+    assert plain.tolist() == pytest.approx([0.80, 0.15, 0.05], abs=0.02)
+    assert adjusted.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3], abs=0.02)
+
+
+def test_logit_adjustment_changes_nothing_with_balanced_labels():
+    # Equal class counts: log pi is one constant, which cross-entropy ignores.
+    torch.manual_seed(5)
+    student, teacher = torch.randn(30, 3), torch.randn(30, 3)
+    labels = torch.arange(3).repeat(10)
+    adjusted = MismatchKDLoss()(_io(student), _io(teacher), labels)
+    plain = MismatchKDLoss(logit_adjustment=0.0)(_io(student), _io(teacher), labels)
+    assert adjusted.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_logit_adjustment_counts_only_labelled_items():
+    loss = MismatchKDLoss()
+    student = torch.zeros(4, 3)
+    loss(_io(student), _io(student), torch.tensor([0, 0, -1, -1]))  # two mixes: no label, not counted
+    assert loss.label_counts.tolist() == [2.0, 0.0, 0.0]
 
 
 def test_correlation_form_moves_away_from_a_teacher_that_is_wrong_on_a_class():

@@ -130,6 +130,25 @@ def corrupt(images: torch.Tensor, corruption: str, seed: int) -> torch.Tensor:
     return images
 
 
+def check_corruption_args(part: str, corruption: str, clean_factory: str) -> None:
+    """A corrupted factory's own arguments; ``clean_factory`` names where the teacher's part comes from."""
+    if part not in PARTS:
+        raise ConfigError(f'part = {part!r}: accepted: {", ".join(PARTS)} (the teacher\'s part is '
+                          f"{clean_factory}'s, part: 'teacher')")
+    if corruption not in CORRUPTIONS:
+        raise ConfigError(f'corruption = {corruption!r}: accepted: {", ".join(CORRUPTIONS)}')
+
+
+def corrupted_copy(clean: TensorImageDataset, part: str, corruption: str, seed: int,
+                   mean: float | torch.Tensor, std: float | torch.Tensor) -> TensorImageDataset:
+    """``clean`` (normalised by ``mean`` and ``std``) under ``corruption``, normalised the same way again: the
+    corruptions act on pixel values in [0, 1], as a camera or a codec does. Each part has its own stream of
+    draws (``data.TRAIN_SHIFT_SEED`` / ``TEST_SHIFT_SEED``), fixed by ``seed``."""
+    stream = TRAIN_SHIFT_SEED if part == 'student' else TEST_SHIFT_SEED
+    images = corrupt((clean.images * std + mean).clamp(0, 1), corruption, seed * stream[0] + stream[1])
+    return TensorImageDataset((images - mean) / std, torch.tensor(clean.targets), clean.classes)
+
+
 @register_dataset
 def corrupted_dataset(name: str = 'fashion_mnist', part: str = 'student', corruption: str = 'capture',
                       seed: int = 0, split_seed: int = 1234, size: int | None = None,
@@ -147,14 +166,8 @@ def corrupted_dataset(name: str = 'fashion_mnist', part: str = 'student', corrup
     Raises:
         ConfigError: for an unknown part or corruption (and mismatch_dataset's errors for the rest).
     """
-    if part not in PARTS:
-        raise ConfigError(f'part = {part!r}: accepted: {", ".join(PARTS)} (the teacher\'s part is '
-                          "mismatch_dataset's, part: 'teacher')")
-    if corruption not in CORRUPTIONS:
-        raise ConfigError(f'corruption = {corruption!r}: accepted: {", ".join(CORRUPTIONS)}')
+    check_corruption_args(part, corruption, 'mismatch_dataset')
     clean = (mismatch_dataset(name, part, 'none', seed, split_seed, size, root=root) if part == 'student'
              else mismatch_dataset(name, 'test', root=root))
-    stream = TRAIN_SHIFT_SEED if part == 'student' else TEST_SHIFT_SEED
     mean, std = NORMALIZATION[name]
-    images = corrupt((clean.images * std + mean).clamp(0, 1), corruption, seed * stream[0] + stream[1])
-    return TensorImageDataset((images - mean) / std, torch.tensor(clean.targets), clean.classes)
+    return corrupted_copy(clean, part, corruption, seed, mean, std)

@@ -279,7 +279,8 @@ class GeneratorAuxiliaryDataset(Dataset):
         self.pool_refresh_count = 0
         self.pool_index: int | None = None  # refresh_index of the installed pool
         self.pool_teacher_id: int | None = None  # id() of the teacher that made it
-        self.servings_interval: int | None = None  # epochs between refreshes under refresh_servings
+        self.servings_interval: int | None = None  # epochs between refreshes under refresh_servings (0: never)
+        self.servings_teacher_id: int | None = None  # id() of the teacher whose pool 0 sized it
         self.current_epoch = 0
         self.timings: dict[str, float] = {}
         self.history: dict[str, list[float]] = {}
@@ -552,13 +553,25 @@ class GeneratorAuxiliaryDataset(Dataset):
     def _servings_interval(self, teacher: nn.Module, device: torch.device | str, servings_per_epoch: int) -> int:
         """Epochs between refreshes for ``refresh_servings``: ceil(K x pool 0's size / servings per epoch).
 
-        Fixed once, from pool 0 whatever the epoch the run starts at, so that a run resumed at epoch e
-        refreshes at the epochs an uninterrupted one did (resuming costs pool 0 once more).
+        Fixed once per teacher, from pool 0 whatever the epoch the run starts at, so that a run resumed at epoch
+        e refreshes at the epochs an uninterrupted one did (resuming costs pool 0 once more); 0 (never) when
+        pool 0 is empty.
         """
-        if self.servings_interval is None:
+        # Sized per teacher: a multi-stage recipe that swaps the teacher sizes it again from the new teacher's
+        # pool 0, as a run resumed in that stage would.
+        if self.servings_interval is None or id(teacher) != self.servings_teacher_id:
             if self.pool_index != 0 or id(teacher) != self.pool_teacher_id:
                 self.refresh_pool(teacher, device, refresh_index=0)
-            wanted = self.config['refresh_servings'] * max(len(self.pool_labels), 1)
+            self.servings_teacher_id = id(teacher)
+            if not len(self.pool_labels):
+                # A teacher that accepts nothing would accept nothing again: keep the one (empty) pool rather
+                # than draw a futile pool every epoch.
+                self.servings_interval = 0
+                if is_main_process():
+                    logger.info('[torchdistill_mismatch] refresh_servings: pool 0 is empty (the teacher accepted no '
+                                'draw), so it is not refreshed')
+                return 0
+            wanted = self.config['refresh_servings'] * len(self.pool_labels)
             self.servings_interval = max(1, math.ceil(wanted / servings_per_epoch))
             if is_main_process():
                 logger.info('[torchdistill_mismatch] refresh_servings %g: a new pool every %d epochs (%d pool '

@@ -50,6 +50,17 @@ KNOBS = (
     Knob('agreement_momentum', float, 0.95, low=0, high=1, high_open=True,
          doc='momentum of the running per-class agreement rate (class_agreement)'),
     Knob('min_weight', float, 0.0, low=0, high=1, doc='floor on w, so the teacher is never ignored entirely'),
+    Knob('logit_adjustment', float, 1.0, low=0,
+         doc='tau: the cross-entropy sees the student\'s logits plus tau x log pi, pi the class frequencies of the '
+             'labels it has been given so far in this run (real and pool images), so that the student\'s own '
+             'logits learn balanced posteriors, as the teacher term teaches, and the label term stops pulling them '
+             'to the student\'s class proportions: the logit-adjusted loss of Menon et al., "Long-tail learning via '
+             'logit adjustment", ICLR 2021, at its Fisher-consistent tau = 1 (not tuned; the teacher is assumed '
+             'trained on balanced classes, as ImageNet and CIFAR teachers are). With balanced labels log pi is '
+             'about constant, which cross-entropy ignores. 0 turns it off: use 0 when your teacher was trained on '
+             'your class proportions, or when you deploy on them and rank by their accuracy: under a long tail it trades '
+             'a little accuracy weighted by the student\'s proportions for more on balanced data and rare classes '
+             '(docs/method.md, round 15)'),
     Knob('reduction', str, 'mean', choices=('mean', 'sum', 'none'), doc='how per-sample losses are combined'),
 )
 
@@ -67,7 +78,9 @@ class MismatchKDLoss(nn.Module):
 
     with :math:`a_c` the teacher's running agreement rate with the labels of class c on this data
     (``weighting: class_agreement``), :math:`p^T` a softmax at temperature T, m = ``min_weight``,
-    lambda = ``label_weight`` and mu = ``takeover`` (by default the teacher term's scale, beta T^2 / 2).
+    lambda = ``label_weight``, mu = ``takeover`` (by default the teacher term's scale, beta T^2 / 2) and
+    :math:`\pi` the class frequencies of the labels seen so far, tau = ``logit_adjustment`` (Menon et al.,
+    ICLR 2021: the label term's prior made the balanced one the teacher teaches).
     With ``divergence: correlation`` (default)
     :math:`D_i = \\beta T^2 (1 - \\rho(p_S^T(x_i), p_T^T(x_i)))`, the per-sample Pearson correlation of
     DIST's inter-class relation, and the last term is DIST's intra-class relation with each class's
@@ -87,7 +100,8 @@ class MismatchKDLoss(nn.Module):
 
     Args:
         student_module_path, student_module_io, teacher_module_path, teacher_module_io, divergence,
-        temperature, beta, gamma, label_weight, kappa, weighting, agreement_momentum, min_weight, reduction:
+        temperature, beta, gamma, label_weight, kappa, weighting, agreement_momentum, min_weight,
+        logit_adjustment, reduction:
             the knobs in :data:`KNOBS` (docs/knobs.md has each with its default and why).
         **unknown: refused with a ConfigError naming the closest knob.
 
@@ -110,7 +124,8 @@ class MismatchKDLoss(nn.Module):
                  teacher_module_path: str = '.', teacher_module_io: str = 'output', divergence: str = 'correlation',
                  temperature: float = 4.0, beta: float = 2.0, gamma: float = 2.0, label_weight: float = 1.0,
                  takeover: float | None = None, kappa: float = 4.0, weighting: str = 'class_agreement',
-                 agreement_momentum: float = 0.95, min_weight: float = 0.0, reduction: str = 'mean', **unknown: Any):
+                 agreement_momentum: float = 0.95, min_weight: float = 0.0, logit_adjustment: float = 1.0,
+                 reduction: str = 'mean', **unknown: Any):
         super().__init__()
         # ``unknown`` only carries a misspelt key to resolve_knobs, whose error names it and the closest knob
         # (torchdistill passes the YAML's kwargs as they are).
@@ -119,7 +134,8 @@ class MismatchKDLoss(nn.Module):
             'teacher_module_path': teacher_module_path, 'teacher_module_io': teacher_module_io,
             'divergence': divergence, 'temperature': temperature, 'beta': beta, 'gamma': gamma,
             'label_weight': label_weight, 'takeover': takeover, 'kappa': kappa, 'weighting': weighting,
-            'agreement_momentum': agreement_momentum, 'min_weight': min_weight, 'reduction': reduction}, LOSS_PATH)
+            'agreement_momentum': agreement_momentum, 'min_weight': min_weight, 'logit_adjustment': logit_adjustment,
+            'reduction': reduction}, LOSS_PATH)
         self.temperature = self.config['temperature']
         self.kappa = self.config['kappa']
         self.min_weight = self.config['min_weight']
@@ -133,6 +149,18 @@ class MismatchKDLoss(nn.Module):
         # The teacher's running agreement rate with the labels, per class, on the data it is shown;
         # starts at 1 (trust the teacher until the data says otherwise). Sized on first use.
         self.register_buffer('class_agreement', torch.ones(0), persistent=False)
+        # Labels the cross-entropy has been given, per class (logit_adjustment's pi). Like the agreement rates it
+        # is not checkpointed: a resumed run counts afresh, and after a few steps pi is the same estimate.
+        self.register_buffer('label_counts', torch.zeros(0), persistent=False)
+
+    @torch.no_grad()
+    def _label_log_prior(self, targets: torch.Tensor, labelled: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """log pi: the class frequencies of every label the cross-entropy has been given so far, add-one smoothed."""
+        if self.label_counts.numel() != num_classes:
+            self.label_counts = torch.zeros(num_classes, device=targets.device)
+        # scatter_add for the same reason as in _update_agreement: no host sync per step.
+        self.label_counts = self.label_counts.scatter_add(0, targets, labelled.float())
+        return ((self.label_counts + 1) / (self.label_counts.sum() + num_classes)).log()
 
     @torch.no_grad()
     def _update_agreement(self, agrees: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
@@ -176,7 +204,11 @@ class MismatchKDLoss(nn.Module):
         student_logits, teacher_logits = student_logits.float(), teacher_logits.float().detach()
         weight = self.reliability(teacher_logits, targets)
         labelled = targets >= 0
-        ce = F.cross_entropy(student_logits, targets.clamp_min(0), reduction='none') * labelled
+        ce_logits = student_logits
+        if self.config['logit_adjustment'] > 0:
+            log_prior = self._label_log_prior(targets.clamp_min(0), labelled, student_logits.shape[1])
+            ce_logits = student_logits + self.config['logit_adjustment'] * log_prior
+        ce = F.cross_entropy(ce_logits, targets.clamp_min(0), reduction='none') * labelled
         ce_weight = self.config['label_weight'] + (1 - weight) * self.takeover
         t = self.temperature
         if self.config['divergence'] == 'kl':

@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 from torchdistill.datasets.registry import register_dataset
 
-from .corruptions import CORRUPTIONS, PARTS, corrupt
-from .data import TEST_SHIFT_SEED, TRAIN_SHIFT_SEED, TensorImageDataset
-from .knobs import ConfigError
+from .corruptions import check_corruption_args, corrupted_copy
+from .data import TensorImageDataset
 from .rgb_data import NORMALIZATION, fashion_rgb_dataset
 
 
@@ -41,14 +40,8 @@ def corrupted_rgb_dataset(part: str = 'student', corruption: str = 'digital', se
     Raises:
         ConfigError: for an unknown part or corruption (and rgb_data's errors for the rest).
     """
-    if part not in PARTS:
-        raise ConfigError(f'part = {part!r}: accepted: {", ".join(PARTS)} (the teacher\'s part is '
-                          "fashion_rgb_dataset's, part: 'teacher')")
-    if corruption not in CORRUPTIONS:
-        raise ConfigError(f'corruption = {corruption!r}: accepted: {", ".join(CORRUPTIONS)}')
+    check_corruption_args(part, corruption, 'fashion_rgb_dataset')
     clean = fashion_rgb_dataset(part=part, scenario='none', seed=seed, split_seed=split_seed, size=size,
                                 image_size=image_size, root=root)
-    stream = TRAIN_SHIFT_SEED if part == 'student' else TEST_SHIFT_SEED
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION)
-    images = corrupt((clean.images * std + mean).clamp(0, 1), corruption, seed * stream[0] + stream[1])
-    return TensorImageDataset((images - mean) / std, torch.tensor(clean.targets), clean.classes)
+    return corrupted_copy(clean, part, corruption, seed, mean, std)

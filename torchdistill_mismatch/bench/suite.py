@@ -203,7 +203,7 @@ def run_suite(suite: str | None = None, *, config: str | Path | None = None, qui
               f'{restored} restored')
         return report
     invocation = _record_invocation(suite_dir, command or call, torch_device)
-    teacher = ensure_teacher(spec, Path(cache_dir), torch_device, data_root)
+    teacher = ensure_teacher(spec, Path(cache_dir), torch_device, data_root, suite_dir)
     keep_beside_results(teacher, suite_dir)
     # Rows of another configuration or of another teacher checkpoint (retrained, or another machine's) are
     # moved out, never mixed in: one pass over results.csv, once the teacher is known.

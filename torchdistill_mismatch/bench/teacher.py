@@ -52,14 +52,41 @@ def keep_beside_results(teacher: TeacherInfo, suite_dir: Path) -> None:
         return
     atomic_write(target, lambda handle: handle.write(teacher.path.read_bytes()))
     atomic_write_text(suite_dir / TEACHER_RECORD_FILE, json.dumps(
-        {'sha256': teacher.sha256, 'test_acc': teacher.test_acc, 'cache_key': teacher.key}, indent=1))
+        {'sha256': teacher.sha256, 'test_acc': teacher.test_acc, 'cache_key': teacher.key, 'wall_s': teacher.wall_s},
+        indent=1))
 
 
-def ensure_teacher(spec: SuiteSpec, cache_dir: Path, device: torch.device, data_root: str | None) -> TeacherInfo:
+def adopt_kept_teacher(suite_dir: Path, cache_dir: Path, key: str) -> bool:
+    """Fills an empty cache entry from the checkpoint kept beside a suite's results (:func:`keep_beside_results`).
+
+    Training is not reproducible across machines (another CPU's kernels give another teacher: on a fresh clone
+    the grey suite's teacher came out at 90.65% instead of 90.84%), and every row records the SHA-256 of the
+    teacher it distilled, so a clone must load the kept checkpoint, not retrain one. Adopted only when the
+    record names the same cache key and the file's SHA-256 is the recorded one; returns whether it was.
+    """
+    kept, record_path = suite_dir / TEACHER_FILE, suite_dir / TEACHER_RECORD_FILE
+    ckpt, meta_path = cache_dir / f'teacher-{key}.pt', cache_dir / f'teacher-{key}.json'
+    if (ckpt.is_file() and meta_path.is_file()) or not (kept.is_file() and record_path.is_file()):
+        return False
+    record = json.loads(record_path.read_text())
+    if record.get('cache_key') != key or file_sha256(kept) != record.get('sha256'):
+        return False
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(ckpt, lambda handle: handle.write(kept.read_bytes()))
+    # The record written last, as after training: an entry counts once its record exists.
+    atomic_write_text(meta_path, json.dumps({'test_acc': record['test_acc'], 'wall_s': record.get('wall_s', 0.0),
+                                             'adopted_from': str(kept), 'created': now()}, indent=1))
+    logger.info('[bench] teacher %s: adopted from %s (%.2f%% test)', key, kept, record['test_acc'])
+    return True
+
+
+def ensure_teacher(spec: SuiteSpec, cache_dir: Path, device: torch.device, data_root: str | None,
+                   suite_dir: Path | None = None) -> TeacherInfo:
     """Trains the teacher once per key and caches it under ``cache_dir``; later calls reuse it.
 
     The key (:func:`~.recipes.teacher_hash`) covers the teacher's rendered recipe, the code it runs, the
-    versions, the device type and the seed, so any change there trains a new teacher.
+    versions, the device type and the seed, so any change there trains a new teacher. With ``suite_dir``,
+    a checkpoint kept there under the same key fills an empty cache first (:func:`adopt_kept_teacher`).
     """
     from torchdistill.common.main_util import set_seed
     from torchdistill.common.yaml_util import load_yaml_file
@@ -68,6 +95,8 @@ def ensure_teacher(spec: SuiteSpec, cache_dir: Path, device: torch.device, data_
     key = teacher_hash(spec, device.type)
     ckpt = cache_dir / f'teacher-{key}.pt'
     meta_path = cache_dir / f'teacher-{key}.json'
+    if suite_dir is not None:
+        adopt_kept_teacher(suite_dir, cache_dir, key)
     if ckpt.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         logger.info('[bench] teacher %s: cached (%.2f%% test, trained in %.1f s)', key, meta['test_acc'],
