@@ -163,24 +163,6 @@ def _to_dataset(images: np.ndarray, labels: np.ndarray, name: str, image_size: i
     return TensorImageDataset((x - mean) / std, torch.from_numpy(labels), classes)
 
 
-def check_split_args(part: str, scenario: str, domain: str, scenarios: tuple[str, ...]) -> None:
-    """The checks every scenario factory makes of its split arguments, each error naming the key and what to write.
-
-    Raises:
-        ConfigError: for an unknown part, scenario (of ``scenarios``) or domain, or a student domain asked of
-            another part than ``test``.
-    """
-    if part not in PARTS:
-        raise ConfigError(f'part = {part!r}: accepted: {", ".join(PARTS)}')
-    if scenario not in scenarios:
-        raise ConfigError(f'scenario = {scenario!r}: accepted: {", ".join(scenarios)}')
-    if domain not in DOMAINS:
-        raise ConfigError(f'domain = {domain!r}: accepted: {", ".join(DOMAINS)}')
-    if domain == 'student' and part != 'test':
-        raise ConfigError(f"domain = 'student' with part = {part!r}: the domain chooses between test splits; "
-                          "write part: 'test' (the student part is always the student's domain)")
-
-
 @register_dataset
 def mismatch_dataset(name: str = 'fashion_mnist', part: str = 'student', scenario: str = 'none', seed: int = 0,
                      split_seed: int = 1234, size: int | None = None, per_class: int = 50,
@@ -207,7 +189,15 @@ def mismatch_dataset(name: str = 'fashion_mnist', part: str = 'student', scenari
         ConfigError: for an unknown name, part, scenario or domain, a student domain asked of another part
             than ``test``, or of ``longtail`` (no data set: weight the per-class accuracies), or missing files.
     """
-    check_split_args(part, scenario, domain, SCENARIOS)
+    if part not in PARTS:
+        raise ConfigError(f'part = {part!r}: accepted: {", ".join(PARTS)}')
+    if scenario not in SCENARIOS:
+        raise ConfigError(f'scenario = {scenario!r}: accepted: {", ".join(SCENARIOS)}')
+    if domain not in DOMAINS:
+        raise ConfigError(f'domain = {domain!r}: accepted: {", ".join(DOMAINS)}')
+    if domain == 'student' and part != 'test':
+        raise ConfigError(f"domain = 'student' with part = {part!r}: the domain chooses between test splits; "
+                          "write part: 'test' (the student part is always the student's domain)")
     arrays = load_arrays(name, root)
     if part == 'test':
         return _test_split(arrays, name, image_size, scenario if domain == 'student' else 'none', seed)

@@ -21,9 +21,12 @@ import torch
 from torch.nn import functional as F
 from torchdistill.datasets.registry import register_dataset
 
-from .data import TensorImageDataset, _per_class_take, _stratified_take, check_split_args, load_arrays
+from .data import TensorImageDataset, _per_class_take, _stratified_take, load_arrays
+from .knobs import ConfigError
 
 SCENARIOS = ('none', 'photo', 'scarce')
+PARTS = ('teacher', 'student', 'test')
+DOMAINS = ('teacher', 'student')
 CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
            'Ankle boot']
 # A garment and its background differ by at least this much in luminance (Rec. 601 weights, colours in
@@ -139,7 +142,15 @@ def fashion_rgb_dataset(part: str = 'student', scenario: str = 'none', seed: int
     Raises:
         ConfigError: for an unknown part, scenario or domain, or a student domain asked of a training part.
     """
-    check_split_args(part, scenario, domain, SCENARIOS)
+    if part not in PARTS:
+        raise ConfigError(f'part = {part!r}: accepted: {", ".join(PARTS)}')
+    if scenario not in SCENARIOS:
+        raise ConfigError(f'scenario = {scenario!r}: accepted: {", ".join(SCENARIOS)}')
+    if domain not in DOMAINS:
+        raise ConfigError(f'domain = {domain!r}: accepted: {", ".join(DOMAINS)}')
+    if domain == 'student' and part != 'test':
+        raise ConfigError(f"domain = 'student' with part = {part!r}: the domain chooses between test splits; "
+                          "write part: 'test' (the student part is always the student's domain)")
     arrays = load_arrays('fashion_mnist', root)
     if part == 'test':
         labels = arrays['test_labels']
