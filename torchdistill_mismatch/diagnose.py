@@ -228,18 +228,20 @@ def _shipped(relative: str) -> str:
 
 def advise(findings: list[Finding], repetition: float | None, train: SplitStats) -> str:
     """What the benchmark measured for the nearest case: compute-matched gains, the method minus the best
-    alternative at its wall time, at 1x / 2x / 4x the steps (docs/method.md, rounds 11-14;
-    benchmarks/results/fashion_mnist_cpu_r11/, fashion_rgb_cpu_r11/ and fashion_mnist_corruptions_cpu/,
-    summary.md)."""
+    alternative at its wall time, at 1x / 2x / 4x the steps (docs/method.md, rounds 14-15;
+    benchmarks/results/fashion_mnist_cpu_r15/, fashion_rgb_cpu_r15/, and round 14's held-out
+    fashion_mnist_corruptions_cpu/ and fashion_rgb_corruptions_cpu/, summary.md)."""
     if any(finding.shift for finding in findings):
         kinds = ' and '.join(finding.kind for finding in findings if finding.shift)
         return (f'Mismatch found ({kinds}): the method\'s case. Compute-matched gains the benchmark measured (the '
                 'method minus the best of torchdistill\'s losses, KD + mixup and consistent-view KD at its wall '
-                'time, 1x / 2x / 4x the steps; docs/method.md): other class proportions +0.18 / +0.30 / +0.79 points '
-                '(grey long tail); other imaging conditions +4.65 / +0.09 / -2.14 on the teacher\'s domain and '
-                '+1.24 / +9.23 / +10.59 on the student\'s (grey: inverted, rotated, blurred), +3.08 / +4.24 / -1.62 '
-                'and +0.01 / +2.84 / +3.81 (colour: photo backgrounds); on corruptions the renderer does not model '
-                '(held out: motion blur and impulse noise; pixelation and JPEG) +0.00 / +0.50 / +0.93 and -0.14 / '
+                'time, 1x / 2x / 4x the steps; docs/method.md): other class proportions +1.53 / +1.10 / +1.37 points '
+                '(grey long tail); other imaging conditions +5.30 / -0.51 / -2.78 on the teacher\'s domain and '
+                '+1.68 / +9.08 / +10.30 on the student\'s (grey: inverted, rotated, blurred), +1.75 / +3.72 / '
+                '-3.25 and - / +1.48 / +2.75 (colour: photo backgrounds; at 1x the method ran faster than every '
+                'alternative, so that figure is at equal steps over `KDLoss`); on corruptions the renderer does '
+                'not model (held out, round 14: motion blur and impulse noise; pixelation and JPEG) +0.00 / +0.50 / '
+                '+0.93 and -0.14 / '
                 '+0.24 / +0.13 on the teacher\'s domain, +8.79 / +10.27 / +11.13 and -1.10 / -0.08 / +0.26 on the '
                 'student\'s, where the student alone led every distilling method at 1x. With other imaging '
                 'conditions, a long run and a model deployed on the teacher\'s domain, consistent-view KD (the '
@@ -248,11 +250,12 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
     shown = '' if repetition is None else f', each shown about {repetition:.0f} times by this schedule'
     return (f'No shift found. This recipe has {per_class} or more images a class{shown}. Where nothing was '
             'shifted, the benchmark measured the method behind the best plain distiller at equal wall time with '
-            'plentiful data (600 images a class, each shown 3 / 6 / 12 times: -0.81 / -0.24 / +0.03 points at 1x '
+            'plentiful data (600 images a class, each shown 3 / 6 / 12 times: -0.87 / -0.17 / -0.06 points at 1x '
             '/ 2x / 4x the steps behind `DISTLoss` + CE, grey; 300 a class shown 2.5 / 5 times, held out: '
             '-4.57 / -1.75 behind `KDLoss`, colour, where diagnose found no shift either) and ahead of every '
-            'alternative with scarce data (50 a class, shown 15-120 times: +0.98 / +1.58 / +1.56 grey, +1.98 / '
-            '+7.79 / +2.92 colour), docs/method.md. With plentiful data and no shift, plain KD is the cheaper '
+            'alternative with scarce data (50 a class, shown 15-120 times: +1.01 / +1.71 / +1.50 grey, +1.50 '
+            '(at equal steps, faster than `KDLoss`) / +7.18 / +0.24 colour), docs/method.md. With plentiful data '
+            'and no shift, plain KD is the cheaper '
             f'choice: `DISTLoss` + CE or `KDLoss`, whichever distils your pair better (the shipped examples: '
             f'{_shipped("fashion_mnist/dist.yaml")}, {_shipped("fashion_rgb/kd.yaml")}).')
 
