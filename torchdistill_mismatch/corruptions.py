@@ -120,10 +120,14 @@ CORRUPTIONS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Ten
 PARTS = ('student', 'test')
 
 
-def corrupt(images: torch.Tensor, corruption: str, seed: int) -> torch.Tensor:
-    """``images`` in [0, 1], (N, C, H, W), under ``corruption``; each image's draws fixed by ``seed``."""
+def _check_corruption(corruption: str) -> None:
     if corruption not in CORRUPTIONS:
         raise ConfigError(f'corruption = {corruption!r}: accepted: {", ".join(CORRUPTIONS)}')
+
+
+def corrupt(images: torch.Tensor, corruption: str, seed: int) -> torch.Tensor:
+    """``images`` in [0, 1], (N, C, H, W), under ``corruption``; each image's draws fixed by ``seed``."""
+    _check_corruption(corruption)
     rng = torch.Generator().manual_seed(seed)
     for step in CORRUPTIONS[corruption]:
         images = step(images, rng).clamp(0, 1)
@@ -135,8 +139,8 @@ def check_corruption_args(part: str, corruption: str, clean_factory: str) -> Non
     if part not in PARTS:
         raise ConfigError(f'part = {part!r}: accepted: {", ".join(PARTS)} (the teacher\'s part is '
                           f"{clean_factory}'s, part: 'teacher')")
-    if corruption not in CORRUPTIONS:
-        raise ConfigError(f'corruption = {corruption!r}: accepted: {", ".join(CORRUPTIONS)}')
+    # Before the clean data is built, so that a misspelt corruption costs no loading.
+    _check_corruption(corruption)
 
 
 def corrupted_copy(clean: TensorImageDataset, part: str, corruption: str, seed: int,

@@ -241,9 +241,8 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
                 '-3.25 and - / +1.48 / +2.75 (colour: photo backgrounds; at 1x the method ran faster than every '
                 'alternative, so that figure is at equal steps over `KDLoss`); on corruptions the renderer does '
                 'not model (held out, round 14: motion blur and impulse noise; pixelation and JPEG) +0.00 / +0.50 / '
-                '+0.93 and -0.14 / '
-                '+0.24 / +0.13 on the teacher\'s domain, +8.79 / +10.27 / +11.13 and -1.10 / -0.08 / +0.26 on the '
-                'student\'s, where the student alone led every distilling method at 1x. With other imaging '
+                '+0.93 and -0.14 / +0.24 / +0.13 on the teacher\'s domain, +8.79 / +10.27 / +11.13 and -1.10 / '
+                '-0.08 / +0.26 on the student\'s, where the student alone led every distilling method at 1x. With other imaging '
                 'conditions, a long run and a model deployed on the teacher\'s domain, consistent-view KD (the '
                 f'shipped example: {_shipped("fashion_mnist/kd_consistent.yaml")}) overtook the method at 4x.')
     per_class = min((c for c in train.class_counts if c), default=0)
@@ -255,8 +254,8 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
             '-4.57 / -1.75 behind `KDLoss`, colour, where diagnose found no shift either) and ahead of every '
             'alternative with scarce data (50 a class, shown 15-120 times: +1.01 / +1.71 / +1.50 grey, +1.50 '
             '(at equal steps, faster than `KDLoss`) / +7.18 / +0.24 colour), docs/method.md. With plentiful data '
-            'and no shift, plain KD is the cheaper '
-            f'choice: `DISTLoss` + CE or `KDLoss`, whichever distils your pair better (the shipped examples: '
+            'and no shift, plain KD is the cheaper choice: `DISTLoss` + CE or `KDLoss`, whichever distils your '
+            'pair better (the shipped examples: '
             f'{_shipped("fashion_mnist/dist.yaml")}, {_shipped("fashion_rgb/kd.yaml")}).')
 
 

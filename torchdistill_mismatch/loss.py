@@ -58,9 +58,9 @@ KNOBS = (
              'logit adjustment", ICLR 2021, at its Fisher-consistent tau = 1 (not tuned; the teacher is assumed '
              'trained on balanced classes, as ImageNet and CIFAR teachers are). With balanced labels log pi is '
              'about constant, which cross-entropy ignores. 0 turns it off: use 0 when your teacher was trained on '
-             'your class proportions, or when you deploy on them and rank by their accuracy: under a long tail it trades '
-             'a little accuracy weighted by the student\'s proportions for more on balanced data and rare classes '
-             '(docs/method.md, round 15)'),
+             'your class proportions, or when you deploy on them and rank by their accuracy: under a long tail it '
+             'trades a little accuracy weighted by the student\'s proportions for more on balanced data and rare '
+             'classes (docs/method.md, round 15)'),
     Knob('reduction', str, 'mean', choices=('mean', 'sum', 'none'), doc='how per-sample losses are combined'),
 )
 

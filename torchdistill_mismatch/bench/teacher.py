@@ -56,6 +56,11 @@ def keep_beside_results(teacher: TeacherInfo, suite_dir: Path) -> None:
         indent=1))
 
 
+def cache_entry(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    """A cached teacher's checkpoint and its record; the entry counts only once both exist."""
+    return cache_dir / f'teacher-{key}.pt', cache_dir / f'teacher-{key}.json'
+
+
 def adopt_kept_teacher(suite_dir: Path, cache_dir: Path, key: str) -> bool:
     """Fills an empty cache entry from the checkpoint kept beside a suite's results (:func:`keep_beside_results`).
 
@@ -65,7 +70,7 @@ def adopt_kept_teacher(suite_dir: Path, cache_dir: Path, key: str) -> bool:
     record names the same cache key and the file's SHA-256 is the recorded one; returns whether it was.
     """
     kept, record_path = suite_dir / TEACHER_FILE, suite_dir / TEACHER_RECORD_FILE
-    ckpt, meta_path = cache_dir / f'teacher-{key}.pt', cache_dir / f'teacher-{key}.json'
+    ckpt, meta_path = cache_entry(cache_dir, key)
     if (ckpt.is_file() and meta_path.is_file()) or not (kept.is_file() and record_path.is_file()):
         return False
     record = json.loads(record_path.read_text())
@@ -93,8 +98,7 @@ def ensure_teacher(spec: SuiteSpec, cache_dir: Path, device: torch.device, data_
 
     from ..runner import train_and_evaluate
     key = teacher_hash(spec, device.type)
-    ckpt = cache_dir / f'teacher-{key}.pt'
-    meta_path = cache_dir / f'teacher-{key}.json'
+    ckpt, meta_path = cache_entry(cache_dir, key)
     if suite_dir is not None:
         adopt_kept_teacher(suite_dir, cache_dir, key)
     if ckpt.is_file() and meta_path.is_file():
