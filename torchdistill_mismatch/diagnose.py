@@ -243,9 +243,9 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
                 'not model (held out: motion blur and impulse noise; pixelation and JPEG) +0.02 (level with '
                 '`DISTLoss` + CE run for the same time) / +0.53 / +0.89 and -0.23 / +0.16 / -0.04 on the teacher\'s '
                 'domain, +9.88 / +11.07 / +11.73 and -1.16 / -0.06 / +0.36 on the student\'s, where the student '
-                'alone led every distilling method at 1x. With other imaging '
-                'conditions, a long run and a model deployed on the teacher\'s domain, consistent-view KD (the '
-                f'shipped example: {_shipped("fashion_mnist/kd_consistent.yaml")}) overtook the method at 4x.')
+                'alone led every distilling method at 1x. With other imaging conditions, a long run and a model '
+                'deployed on the teacher\'s domain, consistent-view KD (the shipped example: '
+                f'{_shipped("fashion_mnist/kd_consistent.yaml")}) overtook the method at 4x.')
     per_class = min((c for c in train.class_counts if c), default=0)
     shown = '' if repetition is None else f', each shown about {repetition:.0f} times by this schedule'
     return (f'No shift found. This recipe has {per_class} or more images a class{shown}. Where nothing was '
@@ -253,11 +253,10 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
             'plentiful data (600 images a class, each shown 3 / 6 / 12 times: -0.87 / -0.17 / -0.06 points at 1x '
             '/ 2x / 4x the steps behind `DISTLoss` + CE, grey; 300 a class shown 2.5 / 5 times, held out: '
             '-2.57 (at equal steps) / -1.68 behind `KDLoss`, colour, where diagnose found no shift either) and '
-            'ahead of every '
-            'alternative with scarce data (50 a class, shown 15-120 times: +1.01 / +1.71 / +1.50 grey, +1.50 '
-            '(at equal steps, faster than `KDLoss`) / +7.18 / +0.24 colour), docs/method.md. With plentiful data '
-            'and no shift, plain KD is the cheaper choice: `DISTLoss` + CE or `KDLoss`, whichever distils your '
-            'pair better (the shipped examples: '
+            'ahead of every alternative with scarce data (50 a class, shown 15-120 times: +1.01 / +1.71 / +1.50 '
+            'grey, +1.50 (at equal steps, faster than `KDLoss`) / +7.18 / +0.24 colour), docs/method.md. With '
+            'plentiful data and no shift, plain KD is the cheaper choice: `DISTLoss` + CE or `KDLoss`, whichever '
+            'distils your pair better (the shipped examples: '
             f'{_shipped("fashion_mnist/dist.yaml")}, {_shipped("fashion_rgb/kd.yaml")}).')
 
 
