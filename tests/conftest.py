@@ -63,6 +63,29 @@ def digits_teacher(digits_teacher_ckpt) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.fixture
+def demo_method_recipe(tmp_path, digits_teacher_ckpt) -> Callable[..., Path]:
+    """configs/demo/mismatch.yaml with the session's digits teacher under ``tmp_path``:
+    ``demo_method_recipe(scenario, {old: new, ...})`` writes one for a scenario of digits, with each
+    substitution asserted to match (a recipe change that breaks one fails here, not silently)."""
+    import shutil
+
+    target = tmp_path / 'resource' / 'ckpt' / 'demo' / 'teacher.pt'
+    target.parent.mkdir(parents=True)
+    shutil.copy(digits_teacher_ckpt, target)
+    recipe = Path(__file__).resolve().parent.parent / 'configs' / 'demo' / 'mismatch.yaml'
+
+    def write(scenario: str, replacements: dict[str, str] | None = None) -> Path:
+        text = recipe.read_text().replace("'./resource/", f"'{tmp_path}/resource/")
+        for old, new in {"scenario: 'longtail'": f"scenario: '{scenario}'", **(replacements or {})}.items():
+            assert old in text, f'configs/demo/mismatch.yaml changed ({old!r}): update the tests'
+            text = text.replace(old, new)
+        path = tmp_path / f'{scenario}.yaml'
+        path.write_text(text)
+        return path
+    return write
+
+
 def load_method_config(teacher_ckpt: str, **wrapper_overrides) -> dict:
     """tests/configs/digits_mismatch.yaml with the teacher checkpoint filled in."""
     from torchdistill.common.yaml_util import load_yaml_file

@@ -3,7 +3,6 @@ their tests against noise on constructed statistics, and its bad-input errors.""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ from torchdistill_mismatch.cli import main
 from torchdistill_mismatch.diagnose import (SplitStats, imaging_finding, proportions_finding,
                                             schedule_repetition)
 
-DEMO = Path(__file__).resolve().parent.parent / 'configs' / 'demo'
-LONGTAIL = "scenario: 'longtail'"
 
 pytestmark = pytest.mark.usefixtures('single_torch_thread')
 
@@ -57,19 +54,9 @@ def test_schedule_repetition_counts_the_real_share_of_a_methods_step():
 
 # -- the command on real data --------------------------------------------------------------------------------
 @pytest.fixture
-def recipe(tmp_path, digits_teacher_ckpt):
-    """configs/demo/mismatch.yaml with the session's digits teacher; ``recipe(scenario)`` writes one."""
-    target = tmp_path / 'resource' / 'ckpt' / 'demo' / 'teacher.pt'
-    target.parent.mkdir(parents=True)
-    shutil.copy(digits_teacher_ckpt, target)
-
-    def write(scenario: str) -> Path:
-        text = (DEMO / 'mismatch.yaml').read_text().replace("'./resource/", f"'{tmp_path}/resource/")
-        assert LONGTAIL in text, 'configs/demo/mismatch.yaml changed its scenario: update this test'
-        path = tmp_path / f'{scenario}.yaml'
-        path.write_text(text.replace(LONGTAIL, f"scenario: '{scenario}'"))
-        return path
-    return write
+def recipe(demo_method_recipe):
+    """``recipe(scenario)``: configs/demo/mismatch.yaml for that scenario with the session's digits teacher."""
+    return demo_method_recipe
 
 
 @pytest.mark.parametrize('scenario, imaging, proportions', [

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .knobs import ConfigError
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument('--max_images', type=int, default=20000, metavar='N',
                           help='at most N images of each split (0 = all; default 20000)')
     diagnose.add_argument('--json', default=None, metavar='PATH', help='also write the report as JSON to PATH')
+    diagnose.add_argument('--fallback', default=None, metavar='PATH',
+                          help='when no shift is found, write the recipe\'s plain-KD fallback to PATH: the method\'s '
+                               'entries taken out, its teacher term as DISTLoss + CE or KDLoss '
+                               '(torchdistill_mismatch/fallback.py)')
     diagnose.set_defaults(handler=run_diagnose)
 
     knobs = commands.add_parser('knobs', help='print every YAML knob as Markdown (docs/knobs.md)')
@@ -227,13 +232,36 @@ def run_diagnose(args: argparse.Namespace) -> int:
     setup_logging(args.run_log)
     set_seed(args.seed)
     config = load_recipe(args.config)
+    # Made before the teacher runs, so that a recipe it cannot turn into plain KD stops at once.
+    fallback = _fallback_text(args.config) if args.fallback else None
     start = time.perf_counter()
     report = diagnose.diagnose(config, resolve_device(args.device), args.reference, args.max_images)
     print(diagnose.render(report), flush=True)
     if args.json:
         atomic_write_text(args.json, report.to_json() + '\n')
+    if fallback is not None:
+        if any(finding.shift for finding in report.findings):
+            print(f'\nNo fallback written to {args.fallback}: a shift was found, so the method\'s recipe is the one '
+                  'to train.', flush=True)
+        else:
+            atomic_write_text(args.fallback, fallback)
+            print(f'\nFallback written to {args.fallback}: this recipe without the method\'s entries, its teacher '
+                  'term as torchdistill\'s built-in. Train it instead where your data is plentiful (above).',
+                  flush=True)
     logger.info('diagnose took %.1f s', time.perf_counter() - start)
     return 0
+
+
+def _fallback_text(path: str) -> str:
+    """The plain-KD fallback of the recipe at ``path`` as YAML (:mod:`torchdistill_mismatch.fallback`), headed by
+    where it comes from. Custom tags (``!import_call``) are kept as written; anchors are written out."""
+    from .bench.yaml_tree import dump_yaml, load_inert
+    from .fallback import fallback_recipe
+
+    tree = fallback_recipe(load_inert(Path(os.path.expanduser(path))))
+    return (f'# Written by `torchdistill-mismatch diagnose --fallback`: the plain-KD fallback of {path}\n'
+            '# (torchdistill_mismatch/fallback.py says what changed), for data in which diagnose found no shift.\n'
+            + dump_yaml(tree))
 
 
 def knob_sections() -> list[tuple[str, str, Any, str]]:

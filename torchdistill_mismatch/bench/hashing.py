@@ -25,10 +25,10 @@ CORE_MODULES = ('checkpoint', 'data', 'distributed', 'models', 'runner')
 METHOD_KEYS = ('GeneratorAuxiliaryDataset', 'TeacherConfidenceBatchSampler', 'MismatchKDLoss',
                'mismatch_pre_epoch_process')
 # Modules no run's numbers depend on: the harness, the command line, the demo, figures, file writing,
-# the recipe check (it only raises), where the shipped recipes are, the version string, and the data
-# diagnosis (a command that reads a recipe and prints; no run calls it).
+# the recipe check (it only raises), where the shipped recipes are, the version string, the data
+# diagnosis (a command that reads a recipe and prints; no run calls it) and the fallback recipe it writes.
 HARNESS_MODULES = ('bench', 'cli', 'demo', '__main__', 'plots', 'io_util', 'recipe_check', 'resources', '_version',
-                   'diagnose')
+                   'diagnose', 'fallback')
 # Registry keys of the baselines' own code, and the modules holding it (the consistent-view baseline renders
 # with the method's renderer).
 BASELINE_KEYS = {'kd_mixup_collate': ('baselines',), 'consistent_view_collate': ('baselines', 'renderer')}

@@ -57,10 +57,12 @@ def fmt(point: BudgetPoint, scenario: str, column: str) -> str:
 keys = sorted({(r['method'], r['scenario'], r['budget']) for r in screening})
 for column in ('test_acc', 'student_domain_acc'):
     print(f'## {column}')
-    print('| variant | scenario | budget | seeds | variant (compute-matched gain) | method, same seeds | paired | wall ratio |')
+    print('| variant | scenario | budget | seeds | variant (compute-matched gain) | method, same seeds | paired '
+          '| wall ratio |')
     print('|---|---|---|---|---|---|---|---|')
     for variant, scenario, budget in keys:
-        mine = {r['seed']: r for r in screening if (r['method'], r['scenario'], r['budget']) == (variant, scenario, budget)}
+        mine = {r['seed']: r for r in screening
+                if (r['method'], r['scenario'], r['budget']) == (variant, scenario, budget)}
         base = {r['seed']: r for r in suite if (r['method'], r['scenario'], r['budget']) == ('method', scenario, budget)
                 and r['seed'] in mine}
         seeds = sorted(set(mine) & set(base))
