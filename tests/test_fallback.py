@@ -39,6 +39,12 @@ def test_a_bare_method_loss_becomes_a_weighted_sum_with_its_weights_and_knobs():
     assert terms['ce']['criterion_wrapper']['kwargs']['input']['module_path'] == 'head'
 
 
+def test_the_students_checkpoint_moves_aside_as_written():
+    tree = {'models': {'student_model': {'dst_ckpt': './resource/ckpt/run.v2.pt'}},
+            'train': {'criterion': {'key': 'MismatchKDLoss'}}}
+    assert fallback_recipe(tree)['models']['student_model']['dst_ckpt'] == './resource/ckpt/run.v2_fallback.pt'
+
+
 @pytest.mark.parametrize('tree, expected', [
     ({'train': {'criterion': {'key': 'KDLoss'}}}, 'train.criterion: no MismatchKDLoss term'),
     ({'train': {'criterion': {'key': 'MismatchKDLoss', 'kwargs': {'temprature': 2.0}}}},

@@ -22,7 +22,7 @@ section, and that of ``configs/fashion_rgb/method.yaml`` is ``configs/fashion_rg
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import os
 from typing import Any
 
 from .knobs import ConfigError, resolve_knobs
@@ -107,9 +107,9 @@ def _fallback_loader(loader: dict[str, Any]) -> dict[str, Any]:
 
 
 def _suffixed(path: str) -> str:
-    """``dir/name.pt`` -> ``dir/name_fallback.pt``."""
-    original = Path(path)
-    return str(original.with_name(f'{original.stem}_fallback{original.suffix}'))
+    """``./dir/name.pt`` -> ``./dir/name_fallback.pt``, the rest of the path as the user wrote it."""
+    root, extension = os.path.splitext(path)
+    return f'{root}_fallback{extension}'
 
 
 def is_method_recipe(tree: dict[str, Any]) -> bool:
