@@ -154,7 +154,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     header = {'device': name, 'torch': str(torch.__version__), 'command': ' '.join(['python', 'benchmarks/throughput.py'] + [
         f'--device {args.device}', '--sizes ' + ' '.join(map(str, args.sizes)), f'--batch {args.batch}', f'--steps {args.steps}',
-        f'--epoch-images {args.epoch_images}'] + ([f'--amp {args.amp}'] if args.amp else [])
+        f'--epoch-images {args.epoch_images}', '--strategies ' + ' '.join(args.strategies)]
+        + ([f'--amp {args.amp}'] if args.amp else [])
         + ([f'--teacher {args.teacher}'] if args.teacher else []) + ([f'--student {args.student}'] if args.student else []))}
     stem = device.type + (f'_{args.amp}' if args.amp else '') + (f'_{args.teacher}' if args.teacher else '')
     (out / f'{stem}.json').write_text(json.dumps({**header, 'rows': rows}, indent=1))

@@ -229,6 +229,12 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
     if args.max_images < 0:
         raise ConfigError(f'--max_images {args.max_images}: must be 0 (all) or more')
+    if args.fallback:
+        for flag, other in (('--config', args.config), ('--json', args.json)):
+            if other and os.path.realpath(os.path.expanduser(args.fallback)) == \
+                    os.path.realpath(os.path.expanduser(other)):
+                raise ConfigError(f'--fallback {args.fallback}: the same file as {flag}; name another, e.g. '
+                                  'plain_kd.yaml')
     setup_logging(args.run_log)
     set_seed(args.seed)
     config = load_recipe(args.config)

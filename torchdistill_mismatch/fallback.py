@@ -14,7 +14,9 @@ taken out, so that data, models, optimiser, schedule, epochs and evaluation stay
   Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022) plus a cross-entropy term
   weighted by ``label_weight``, as DIST trains; ``divergence: kl`` -> ``KDLoss`` (temperature, alpha 0.5:
   the soft and the hard term weighted alike, Hinton et al., 2015);
-- the student's ``dst_ckpt`` gets a ``_fallback`` suffix, so that the two runs do not overwrite each other.
+- the student's ``dst_ckpt`` gets a ``_fallback`` suffix, so that the two runs do not overwrite each other;
+- the sampler's ``drop_last`` goes with ``batch_size``; YAML anchors are written out (an aliased
+  ``!import_call`` is then built once per place it appears).
 
 Example: the fallback of ``configs/fashion_mnist/method.yaml`` is ``configs/fashion_mnist/dist.yaml``'s training
 section, and that of ``configs/fashion_rgb/method.yaml`` is ``configs/fashion_rgb/kd.yaml``'s (tests/test_fallback.py).
@@ -67,8 +69,20 @@ def builtin_terms(loss_kwargs: dict[str, Any] | None, weight: float, where: str)
     return {'dist': dist, 'ce': ce}
 
 
+def _weight(term: dict[str, Any], where: str) -> float:
+    """A sub-term's ``weight`` (1 when absent), or ConfigError naming it."""
+    weight = term.get('weight', 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ConfigError(f'{where}.weight = {weight!r}: give a number, e.g. 1.0')
+    return float(weight)
+
+
 def _fallback_criterion(criterion: dict[str, Any]) -> dict[str, Any]:
-    """The training criterion with every ``MismatchKDLoss`` replaced (:func:`builtin_terms`)."""
+    """The training criterion with every ``MismatchKDLoss`` replaced (:func:`builtin_terms`).
+
+    A replacing term takes the built-in's short name (``dist``, ``ce``, ``kd``) where it is free, else the
+    method term's name before it (``<name>_ce``): the recipe's own terms keep theirs.
+    """
     if criterion.get('key') == METHOD_LOSS:
         return {'key': 'WeightedSumLoss',
                 'kwargs': {'sub_terms': builtin_terms(criterion.get('kwargs'), 1.0, 'train.criterion.kwargs')}}
@@ -76,17 +90,16 @@ def _fallback_criterion(criterion: dict[str, Any]) -> dict[str, Any]:
     sub_terms = kwargs.get('sub_terms') or {}
     replaced: dict[str, Any] = {}
     for name, term in sub_terms.items():
-        term_criterion = (term or {}).get('criterion') or {}
-        if term_criterion.get('key') != METHOD_LOSS:
+        where = f'train.criterion.kwargs.sub_terms.{name}'
+        if not isinstance(term, dict):
+            raise ConfigError(f'{where}: a sub-term is a mapping with criterion and weight, not {term!r}')
+        if (term.get('criterion') or {}).get('key') != METHOD_LOSS:
             replaced[name] = term
             continue
-        where = f'train.criterion.kwargs.sub_terms.{name}.criterion.kwargs'
-        for new_name, new_term in builtin_terms(term_criterion.get('kwargs'), float(term.get('weight', 1.0)),
-                                                where).items():
-            if new_name in replaced or (new_name in sub_terms and new_name != name):
-                raise ConfigError(f'train.criterion.kwargs.sub_terms.{new_name}: the fallback needs that name for '
-                                  f'the term replacing {name!r}; rename the recipe\'s own {new_name!r} term')
-            replaced[new_name] = new_term
+        new_terms = builtin_terms(term['criterion'].get('kwargs'), _weight(term, where), f'{where}.criterion.kwargs')
+        for new_name, new_term in new_terms.items():
+            free = new_name not in replaced and (new_name not in sub_terms or new_name == name)
+            replaced[new_name if free else f'{name}_{new_name}'] = new_term
     return {**criterion, 'kwargs': {**kwargs, 'sub_terms': replaced}}
 
 
@@ -97,17 +110,34 @@ def _fallback_loader(loader: dict[str, Any]) -> dict[str, Any]:
         del loader['dataset_wrapper']
     batch_sampler = loader.get('batch_sampler') or {}
     if batch_sampler.get('key') == METHOD_BATCH_SAMPLER:
+        from .sampler import KNOBS, SAMPLER_PATH
+
         del loader['batch_sampler']
-        batch_size = (batch_sampler.get('kwargs') or {}).get('batch_size')
-        if batch_size is None:
-            raise ConfigError('train.train_data_loader.batch_sampler.kwargs.batch_size: missing; the fallback moves '
-                              'it into the loader\'s kwargs')
-        loader['kwargs'] = {'batch_size': batch_size, **(loader.get('kwargs') or {})}
+        knobs = resolve_knobs(KNOBS, batch_sampler.get('kwargs') or {}, SAMPLER_PATH)
+        # A step keeps its size, all of it real; the rest of the sampler's knobs concern generated images.
+        moved = {'batch_size': knobs['batch_size']}
+        if knobs['drop_last']:
+            moved['drop_last'] = True
+        loader['kwargs'] = {**moved, **(loader.get('kwargs') or {})}
     return loader
 
 
-def _suffixed(path: str) -> str:
-    """``./dir/name.pt`` -> ``./dir/name_fallback.pt``, the rest of the path as the user wrote it."""
+def _suffixed(path: Any) -> Any:
+    """``./dir/name.pt`` -> ``./dir/name_fallback.pt``, the rest of the path as the user wrote it; in a
+    ``!join [...]`` (torchdistill's sample recipes build paths so) its last part is the file name."""
+    from .bench.yaml_tree import Tagged
+
+    where = 'models.student_model.dst_ckpt'
+    if isinstance(path, Tagged):
+        parts = path.value if path.tag == '!join' and isinstance(path.value, list) else None
+        if not parts or not isinstance(parts[-1], str):
+            raise ConfigError(f'{where}: the fallback renames the student\'s checkpoint and cannot inside '
+                              f'{path.tag} {path.value!r}; write the path as a string or a !join ending in the name')
+        return Tagged(path.tag, [*parts[:-1], _suffixed(parts[-1])])
+    if not isinstance(path, str):
+        raise ConfigError(f'{where} = {path!r}: a path, e.g. \'./resource/ckpt/student.pt\'')
+    if path.startswith('.') and path.count('.') == 1 and '/' not in path:
+        return f'_fallback{path}'  # a !join's last part that is the extension alone: ['dir/', name, '.pt']
     root, extension = os.path.splitext(path)
     return f'{root}_fallback{extension}'
 
@@ -118,7 +148,8 @@ def is_method_recipe(tree: dict[str, Any]) -> bool:
     if criterion.get('key') == METHOD_LOSS:
         return True
     terms = ((criterion.get('kwargs') or {}).get('sub_terms')) or {}
-    return any(((term or {}).get('criterion') or {}).get('key') == METHOD_LOSS for term in terms.values())
+    return any(isinstance(term, dict) and (term.get('criterion') or {}).get('key') == METHOD_LOSS
+               for term in terms.values())
 
 
 def fallback_recipe(tree: dict[str, Any]) -> dict[str, Any]:
@@ -130,8 +161,8 @@ def fallback_recipe(tree: dict[str, Any]) -> dict[str, Any]:
             method's entries is not one they take.
     """
     if not is_method_recipe(tree):
-        raise ConfigError(f'train.criterion: no {METHOD_LOSS} term; --fallback turns a method recipe into plain KD, '
-                          'and this recipe already is one')
+        raise ConfigError(f'train.criterion: no {METHOD_LOSS}, neither as the criterion nor as a sub-term of it; '
+                          '--fallback turns a method recipe into plain KD (recipes in stages are not supported)')
     tree = copy.deepcopy(tree)
     train = tree['train']
     if train.get('pre_epoch_process') == METHOD_PRE_EPOCH:
@@ -144,5 +175,5 @@ def fallback_recipe(tree: dict[str, Any]) -> dict[str, Any]:
     train['criterion'] = _fallback_criterion(train['criterion'])
     student = (tree.get('models') or {}).get('student_model') or {}
     if student.get('dst_ckpt'):
-        student['dst_ckpt'] = _suffixed(str(student['dst_ckpt']))
+        student['dst_ckpt'] = _suffixed(student['dst_ckpt'])
     return tree
