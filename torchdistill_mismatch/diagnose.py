@@ -23,11 +23,14 @@ threshold:
   real share of a step), the figure the benchmark's scarce and plentiful scenarios differ in.
 
 Nothing here changes a run: the command reads the recipe, loads the teacher and prints (or writes) a report.
+With ``--fallback PATH`` on a method recipe it also writes, where it finds no shift, the recipe's plain-KD
+fallback (:mod:`torchdistill_mismatch.fallback`), for the user to train where their data is plentiful.
 
 Usage::
 
     torchdistill-mismatch diagnose --config configs/fashion_mnist/method.yaml
     torchdistill-mismatch diagnose --config my_kd.yaml --reference teacher/val --json report.json
+    torchdistill-mismatch diagnose --config my_method.yaml --fallback my_plain_kd.yaml
 """
 from __future__ import annotations
 
