@@ -18,8 +18,8 @@ taken out, so that data, models, optimiser, schedule, epochs and evaluation stay
 - the sampler's ``drop_last`` goes with ``batch_size``; YAML anchors are written out (an aliased
   ``!import_call`` is then built once per place it appears).
 
-Example: the fallback of ``configs/fashion_mnist/method.yaml`` is ``configs/fashion_mnist/dist.yaml``'s training
-section, and that of ``configs/fashion_rgb/method.yaml`` is ``configs/fashion_rgb/kd.yaml``'s (tests/test_fallback.py).
+Example: the fallback of ``configs/fashion_mnist/method.yaml`` is ``configs/fashion_mnist/dist.yaml`` key for key,
+and that of ``configs/fashion_rgb/method.yaml`` is ``configs/fashion_rgb/kd.yaml`` (tests/test_fallback.py).
 """
 from __future__ import annotations
 
