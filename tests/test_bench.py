@@ -513,16 +513,33 @@ def test_budgets_per_method_and_under_quick(tmp_path):
     assert [(run.method, run.budget) for run in plan] == [('dist', 1), ('abl_long', 1), ('dist', 2)]
 
 
-@pytest.mark.parametrize('budgets, message', [('[0, 1]', 'positive integers'), ('[1, 1]', 'listed twice'),
-                                              ('[1.5]', 'positive integers')])
+@pytest.mark.parametrize('budgets, message', [('[0, 1]', 'positive numbers'), ('[1, 1]', 'listed twice'),
+                                              ('[1.0, 1]', 'listed twice'), ("['1']", 'positive numbers'),
+                                              ('[-0.5]', 'positive numbers')])
 def test_bad_budgets_fail_when_the_suite_is_loaded(tmp_path, budgets, message):
     with pytest.raises(ConfigError, match=message):
         bench.load_suite(extra_methods={'bad': _variant(tmp_path, f'base: method\nbudgets: {budgets}\n')})
 
 
+def test_a_fractional_budget_runs_whole_epochs_and_whole_budgets_keep_their_text(tmp_path):
+    from torchdistill_mismatch.bench.suite import plan_runs
+    spec = bench.load_suite(extra_methods={'cheap': _variant(tmp_path, 'base: method\nbudgets: [0.5, 2.0, 1]\n')})
+    assert spec.budgets_of('cheap') == [0.5, 1, 2] and isinstance(spec.budgets_of('cheap')[2], int)
+    half, one, two = plan_runs(spec, ['S0'], ['cheap'], [0], 'k', 'cpu')
+    assert (half.budget, half.tree['train']['num_epochs']) == (0.5, spec.scenarios['S0'].epochs // 2)
+    assert half.hashed_text.endswith("# budget 0.5x the scenario's epochs\n") and half.label == 'S0 cheap seed 0 0.5x'
+    # A whole budget renders the text it always did, so no committed row's hash moves.
+    assert one.hashed_text.endswith("# budget 1x the scenario's epochs\n")
+    assert two.hashed_text.endswith("# budget 2x the scenario's epochs\n")
+    odd = bench.load_suite(extra_methods={'odd': _variant(tmp_path, 'base: method\nbudgets: [0.25]\n')})
+    with pytest.raises(ConfigError, match="budget 0.25 of scenario S0's 30 epochs is 7.5 epochs; give a budget"):
+        plan_runs(odd, ['S0'], ['odd'], [0], 'k', 'cpu')
+
+
 def test_rows_written_before_budgets_count_as_budget_one():
     from torchdistill_mismatch.bench.results import budget_of, row_key
     assert budget_of({'budget': ''}) == 1 and budget_of({}) == 1 and budget_of({'budget': '4'}) == 4
+    assert budget_of({'budget': '0.5'}) == 0.5 and type(budget_of({'budget': '2.0'})) is int
     assert row_key({'scenario': 'S0', 'method': 'm', 'seed': '2'}) == ('S0', 'm', 2, 1)
 
 

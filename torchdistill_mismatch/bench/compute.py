@@ -39,7 +39,7 @@ WALL_COLUMN = 'total_wall_s'
 @dataclass(frozen=True)
 class BudgetPoint:
     """One method at one budget in one scenario: mean wall time and accuracy over its seeds."""
-    budget: int
+    budget: int | float
     wall_s: float
     accuracy: float
     seeds: int

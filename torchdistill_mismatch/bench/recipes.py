@@ -60,7 +60,7 @@ class PlannedRun:
     tree: dict
     hashed_text: str
     config_hash: str
-    budget: int = 1
+    budget: int | float = 1
     student_domain: str | None = None  # one of the STUDENT_DOMAIN_* ways, or None
 
     @property
@@ -180,7 +180,7 @@ def teacher_hash(spec: SuiteSpec, device_type: str) -> str:
 
 
 def render_run(spec: SuiteSpec, scenario: ScenarioSpec, method: MethodSpec, seed: int, teacher_key: str,
-               device_type: str, budget: int = 1) -> PlannedRun:
+               device_type: str, budget: int | float = 1) -> PlannedRun:
     """Renders one run's recipe tree and hash (the teacher path is a token until the run starts).
 
     ``budget`` multiplies the scenario's epochs (``train.num_epochs`` and a cosine schedule's ``T_max``):
@@ -196,6 +196,10 @@ def render_run(spec: SuiteSpec, scenario: ScenarioSpec, method: MethodSpec, seed
         apply_override(tree, path, value, where)
     student_domain = _write_scenario_data(tree, scenario, seed, where)
     epochs = scenario.epochs * budget
+    if not float(epochs).is_integer():
+        raise ConfigError(f'{where}: budget {budget} of scenario {scenario.name}\'s {scenario.epochs} epochs is '
+                          f'{epochs:g} epochs; give a budget that makes whole epochs in every scenario it runs in')
+    epochs = int(epochs)
     train = tree.setdefault('train', {})
     train['num_epochs'] = epochs
     if get_path(tree, 'train.scheduler.key') == 'CosineAnnealingLR':

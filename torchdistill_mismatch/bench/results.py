@@ -38,10 +38,14 @@ SUPERSEDED_FILE = 'results.superseded.csv'
 INVOCATIONS_FILE = 'invocations.jsonl'
 
 
-def budget_of(row: Mapping[str, Any]) -> int:
-    """A row's budget; 1 for a row written before budgets existed (its run was the equal-steps one)."""
+def budget_of(row: Mapping[str, Any]) -> int | float:
+    """A row's budget (a whole one as an int, see :func:`.spec.as_budget`); 1 for a row written before budgets
+    existed (its run was the equal-steps one)."""
     value = row.get('budget')
-    return int(value) if value not in (None, '') else 1
+    if value in (None, ''):
+        return 1
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def row_key(row: Mapping[str, Any]) -> tuple[str, str, int, int]:

@@ -113,7 +113,7 @@ class SuiteSpec:
     component_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_budget: int | None = None
 
-    def budgets_of(self, method: str) -> list[int]:
+    def budgets_of(self, method: str) -> list[int | float]:
         """The budgets (multiples of the scenario's epochs) ``method`` runs at, ascending.
 
         The entry's own ``budgets:``, else its family's; under --quick only those up to ``max_budget``
@@ -126,21 +126,32 @@ class SuiteSpec:
         return list(budgets)
 
 
-def parse_budgets(value: Any, where: str) -> list[int]:
-    """A non-empty list of distinct positive integers (multiples of a scenario's epochs), sorted.
+def as_budget(value: float) -> int | float:
+    """A budget as the number it is: 2.0 -> 2, so that a whole budget keeps the label (and run hash) it always
+    had (``2x``, not ``2.0x``); a fraction stays a float (``0.6x``)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def parse_budgets(value: Any, where: str) -> list[int | float]:
+    """A non-empty list of distinct positive numbers (multiples of a scenario's epochs), sorted.
+
+    A fraction runs fewer steps than the protocol's (e.g. 0.6: a cheaper point for an alternative, so that its
+    curve reaches below the method's 1x wall time); its epochs must come out whole in every scenario it runs
+    in (checked when the runs are rendered).
 
     Raises:
         ConfigError: for anything else, with an example.
     """
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, Sequence) or isinstance(value, str) or not value or any(
-            not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in value):
-        raise ConfigError(f'{where} = {value!r}: a list of positive integers, the multiples of the scenario\'s '
+            not isinstance(b, (int, float)) or isinstance(b, bool) or not b > 0 for b in value):
+        raise ConfigError(f'{where} = {value!r}: a list of positive numbers, the multiples of the scenario\'s '
                           'epochs to run at, e.g. [1, 2, 4]')
-    if len(set(value)) != len(value):
+    budgets = [as_budget(b) for b in value]
+    if len(set(budgets)) != len(budgets):
         raise ConfigError(f'{where} = {value!r}: a budget is listed twice')
-    return sorted(int(b) for b in value)
+    return sorted(budgets)
 
 
 def _parse_family_budgets(value: Any, where: str) -> dict[str, list[int]]:

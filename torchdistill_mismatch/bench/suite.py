@@ -100,12 +100,12 @@ class _Estimator:
         for row in rows:
             self.add(str(row['scenario']), str(row['method']), float(row.get('total_wall_s') or 0), budget_of(row))
 
-    def add(self, scenario: str, method: str, seconds: float, budget: int = 1) -> None:
+    def add(self, scenario: str, method: str, seconds: float, budget: int | float = 1) -> None:
         # Kept per unit of budget: a run's cost grows about linearly with its epochs.
         if seconds > 0:
             self.samples.setdefault((scenario, method), []).append(seconds / budget)
 
-    def estimate(self, scenario: str, method: str, budget: int = 1) -> float | None:
+    def estimate(self, scenario: str, method: str, budget: int | float = 1) -> float | None:
         kind = self.classes.get(method)
         levels = ((lambda s, m: s == scenario and m == method), (lambda s, m: m == method),
                   (lambda s, m: s == scenario and self.classes.get(m) == kind),
