@@ -232,8 +232,9 @@ def _shipped(relative: str) -> str:
 def advise(findings: list[Finding], repetition: float | None, train: SplitStats) -> str:
     """What the benchmark measured for the nearest case: compute-matched gains, the method minus the best
     alternative at its wall time, at 1x / 2x / 4x the steps (docs/method.md, rounds 15-17;
-    benchmarks/results/fashion_mnist_cpu_r15/, fashion_rgb_cpu_r15/ with fashion_rgb_cpu_r17_1x/ for the colour
-    1x, and the held-out fashion_mnist_corruptions_cpu_r15/ and fashion_rgb_corruptions_cpu_r15/, summary.md)."""
+    benchmarks/results/fashion_mnist_cpu_r15/, fashion_rgb_cpu_r15/, and the held-out
+    fashion_mnist_corruptions_cpu_r15/ and fashion_rgb_corruptions_cpu_r15/, summary.md; every 1x figure of a
+    suite whose method ran cheaper than an alternative's cheapest budget from its *_r17_1x folder)."""
     if any(finding.shift for finding in findings):
         kinds = ' and '.join(finding.kind for finding in findings if finding.shift)
         return (f'Mismatch found ({kinds}): the method\'s case. Compute-matched gains the benchmark measured (the '
@@ -242,10 +243,10 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
                 '(grey long tail); other imaging conditions +5.30 / -0.51 / -2.78 on the teacher\'s domain and '
                 '+1.68 / +9.08 / +10.30 on the student\'s (grey: inverted, rotated, blurred), +1.80 / +3.72 / '
                 '-3.25 and +0.85 / +1.48 / +2.75 (colour: photo backgrounds); on corruptions the renderer does '
-                'not model (held out: motion blur and impulse noise; pixelation and JPEG) +0.02 (level with '
-                '`DISTLoss` + CE run for the same time) / +0.53 / +0.89 and -0.23 / +0.16 / -0.04 on the teacher\'s '
-                'domain, +9.88 / +11.07 / +11.73 and -1.16 / -0.06 / +0.36 on the student\'s, where the student '
-                'alone led every distilling method at 1x. With other imaging conditions, a long run and a model '
+                'not model (held out: motion blur and impulse noise; pixelation and JPEG) +0.03 / +0.53 / +0.89 '
+                'and +0.20 / +0.16 / -0.04 on the teacher\'s domain, +10.11 / +11.07 / +11.73 and -0.84 / -0.06 / '
+                '+0.36 on the student\'s, where the student alone led every distilling method at 1x. With other '
+                'imaging conditions, a long run and a model '
                 'deployed on the teacher\'s domain, consistent-view KD (the shipped example: '
                 f'{_shipped("fashion_mnist/kd_consistent.yaml")}) overtook the method at 4x.')
     per_class = min((c for c in train.class_counts if c), default=0)
@@ -254,8 +255,8 @@ def advise(findings: list[Finding], repetition: float | None, train: SplitStats)
             'shifted, the benchmark measured the method behind the best plain distiller at equal wall time with '
             'plentiful data (600 images a class, each shown 3 / 6 / 12 times: -0.87 / -0.17 / -0.06 points at 1x '
             '/ 2x / 4x the steps behind `DISTLoss` + CE, grey; 300 a class shown 2.5 / 5 times, held out: '
-            '-2.57 (at equal steps) / -1.68 behind `KDLoss`, colour, where diagnose found no shift either) and '
-            'ahead of every alternative with scarce data (50 a class, shown 15-120 times: +1.01 / +1.71 / +1.50 '
+            '-1.86 / -1.68 behind `KDLoss`, colour, where diagnose found no shift either) and ahead of every '
+            'alternative with scarce data (50 a class, shown 15-120 times: +1.01 / +1.71 / +1.50 '
             'grey, +1.35 / +7.18 / +0.24 colour), docs/method.md. With plentiful data and no shift, plain KD is '
             'the cheaper choice: `DISTLoss` + CE or `KDLoss`, whichever distils your pair better (the shipped '
             f'examples: {_shipped("fashion_mnist/dist.yaml")}, {_shipped("fashion_rgb/kd.yaml")}; '
