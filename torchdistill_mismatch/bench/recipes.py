@@ -64,7 +64,7 @@ class PlannedRun:
     student_domain: str | None = None  # one of the STUDENT_DOMAIN_* ways, or None
 
     @property
-    def key(self) -> tuple[str, str, int, int]:
+    def key(self) -> tuple[str, str, int, int | float]:
         return self.scenario, self.method, self.seed, self.budget
 
     @property

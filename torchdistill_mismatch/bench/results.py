@@ -48,7 +48,7 @@ def budget_of(row: Mapping[str, Any]) -> int | float:
     return int(number) if number.is_integer() else number
 
 
-def row_key(row: Mapping[str, Any]) -> tuple[str, str, int, int]:
+def row_key(row: Mapping[str, Any]) -> tuple[str, str, int, int | float]:
     """(scenario, method, seed, budget): the run a row is of (:attr:`.PlannedRun.key`)."""
     return str(row['scenario']), str(row['method']), int(row['seed']), budget_of(row)
 
