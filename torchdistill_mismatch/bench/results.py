@@ -21,7 +21,7 @@ from typing import Any
 from ..io_util import atomic_write_text
 from ..knobs import ConfigError
 from .recipes import render_run
-from .spec import SuiteSpec
+from .spec import SuiteSpec, as_budget
 
 logger = logging.getLogger('torchdistill_mismatch.bench')
 
@@ -42,10 +42,7 @@ def budget_of(row: Mapping[str, Any]) -> int | float:
     """A row's budget (a whole one as an int, see :func:`.spec.as_budget`); 1 for a row written before budgets
     existed (its run was the equal-steps one)."""
     value = row.get('budget')
-    if value in (None, ''):
-        return 1
-    number = float(value)
-    return int(number) if number.is_integer() else number
+    return 1 if value in (None, '') else as_budget(float(value))
 
 
 def row_key(row: Mapping[str, Any]) -> tuple[str, str, int, int | float]:

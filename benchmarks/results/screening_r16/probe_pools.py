@@ -9,23 +9,17 @@ rate (p_T(label) >= 0.5). No student is trained.
     python benchmarks/results/screening_r16/probe_pools.py [scenario]
 """
 import sys
+from pathlib import Path
 
 import torch
-from torchdistill.models.registry import get_model
 
-import torchdistill_mismatch  # noqa: F401  (registers lenet5)
-from torchdistill_mismatch.data import mismatch_dataset
-from torchdistill_mismatch.strategies.base import PoolContext
 from torchdistill_mismatch.strategies.rerender import ReRenderStrategy
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for grey_probe
+from grey_probe import pass_rate, pool_context, probe_data, selected  # noqa: E402
+
 scenario = sys.argv[1] if len(sys.argv) > 1 else 'covariate'
-torch.set_num_threads(1)
-dataset = mismatch_dataset(name='fashion_mnist', part='student', scenario=scenario, seed=0)
-teacher = get_model('lenet5', num_classes=10, in_chans=1, width_mult=1.0)
-state = torch.load('benchmarks/cache/teacher-c7901547c678.pt', map_location='cpu')
-teacher.load_state_dict(state.get('model', state))
-teacher.eval()
-labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+dataset, labels, teacher = probe_data(scenario)
 VARIANTS = {
     'prior (the default)': {},
     'class proposal refitted, weighted, half the draws': {'adapt_proposal': 0.5},
@@ -34,18 +28,13 @@ VARIANTS = {
     'per-image recall, move 0.25 prior sd': {'recall_move': 0.25},
     'polarity per image from the border (upper-bound probe)': {'polarity_from_border': True},
 }
-if len(sys.argv) > 2:  # a subset of the variants, by position
-    VARIANTS = {k: v for i, (k, v) in enumerate(VARIANTS.items()) if str(i) in sys.argv[2].split(',')}
-for name, knobs in VARIANTS.items():
+for name, knobs in selected(VARIANTS, sys.argv).items():
     strategy = ReRenderStrategy((1, 28, 28), 10, **knobs)
-    context = PoolContext(dataset=dataset, labels=labels, num_classes=10, teacher=teacher,
-                          device=torch.device('cpu'), class_prior=torch.ones(10) / 10, pool_size=2000,
-                          confidence_threshold=0.5, generation_batch_size=256, seed=0)
+    context = pool_context(dataset, labels, teacher)
     strategy.fit(context)
     rng = torch.Generator().manual_seed(0)
     rates = []
     for _ in range(5):
         _, pool_labels, logits = strategy.generate(context, rng, lambda n: None)
-        confidence = torch.softmax(logits, 1).gather(1, pool_labels[:, None]).squeeze(1)
-        rates.append(f'{float((confidence >= 0.5).float().mean()):.3f}')
+        rates.append(pass_rate(pool_labels, logits))
     print(f'{scenario} | {name} | pass rates of pools 0-4: {" ".join(rates)}', flush=True)

@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from torchdistill_mismatch.bench.compute import BudgetPoint, accuracy_at_wall, budget_points
+from torchdistill_mismatch.bench.compute import BudgetPoint, compute_matched_reference
 from torchdistill_mismatch.bench.results import RESULTS_FILE, read_rows
 
 ALTERNATIVES = ('kd_a05', 'kd_a0', 'dist', 'kd_mixup', 'kd_consistent')
@@ -25,15 +25,6 @@ ALTERNATIVES = ('kd_a05', 'kd_a0', 'dist', 'kd_mixup', 'kd_consistent')
 screening = read_rows(Path(sys.argv[1]))
 suite = read_rows(Path(sys.argv[2]) / RESULTS_FILE)
 clock = read_rows(Path(sys.argv[3])) if len(sys.argv) > 3 else []
-
-
-def reference(scenario: str, wall_s: float, column: str) -> tuple[float, str] | None:
-    best = None
-    for method in ALTERNATIVES:
-        accuracy = accuracy_at_wall(budget_points(suite, scenario, method, column), wall_s)
-        if accuracy is not None and (best is None or accuracy > best[0]):
-            best = (accuracy, method)
-    return best
 
 
 def mean_point(rows: list[dict], column: str, scale: float = 1.0) -> BudgetPoint:
@@ -49,8 +40,8 @@ def method_wall(rows: list[dict], scenario: str, budget: str, seeds: list[str]) 
 
 
 def fmt(point: BudgetPoint, scenario: str, column: str) -> str:
-    ref = reference(scenario, point.wall_s, column)
-    gain = 'none' if ref is None else f'{point.accuracy - ref[0]:+.2f} vs {ref[1]}'
+    ref = compute_matched_reference(suite, scenario, point.wall_s, ALTERNATIVES, column)
+    gain = 'none' if ref is None else f'{point.accuracy - ref.accuracy:+.2f} vs {ref.method}'
     return f'{point.accuracy:.2f} @ {point.wall_s:.1f} s ({gain})'
 
 

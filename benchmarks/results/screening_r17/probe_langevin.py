@@ -10,25 +10,17 @@ a pool took on one thread. No student is trained.
 """
 import sys
 import time
+from pathlib import Path
 
 import torch
-from torchdistill.models.registry import get_model
 
-import torchdistill_mismatch  # noqa: F401  (registers lenet5)
-from torchdistill_mismatch.data import mismatch_dataset
-from torchdistill_mismatch.strategies.base import PoolContext
 from torchdistill_mismatch.strategies.rerender import ReRenderStrategy
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/, for grey_probe
+from grey_probe import pass_rate, pool_context, probe_data, selected  # noqa: E402
+
 scenario = sys.argv[1] if len(sys.argv) > 1 else 'covariate'
-torch.set_num_threads(1)
-dataset = mismatch_dataset(name='fashion_mnist', part='student', scenario=scenario, seed=0)
-teacher = get_model('lenet5', num_classes=10, in_chans=1, width_mult=1.0)
-state = torch.load('benchmarks/cache/teacher-c7901547c678.pt', map_location='cpu')
-teacher.load_state_dict(state.get('model', state))
-teacher.eval()
-for p in teacher.parameters():
-    p.requires_grad_(False)
-labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+dataset, labels, teacher = probe_data(scenario)
 VARIANTS = {
     'prior (the default)': {},
     'Langevin, 1 step of 0.25': {'langevin_steps': 1, 'langevin_step_size': 0.25},
@@ -43,13 +35,9 @@ VARIANTS = {
     'normalised ascent, 2 steps of length 1': {'langevin_steps': 2, 'langevin_step_size': 1.0, 'langevin_noise': False,
                                                'langevin_normalise': True},
 }
-if len(sys.argv) > 2:  # a subset of the variants, by position
-    VARIANTS = {k: v for i, (k, v) in enumerate(VARIANTS.items()) if str(i) in sys.argv[2].split(',')}
-for name, knobs in VARIANTS.items():
+for name, knobs in selected(VARIANTS, sys.argv).items():
     strategy = ReRenderStrategy((1, 28, 28), 10, **knobs)
-    context = PoolContext(dataset=dataset, labels=labels, num_classes=10, teacher=teacher,
-                          device=torch.device('cpu'), class_prior=torch.ones(10) / 10, pool_size=2000,
-                          confidence_threshold=0.5, generation_batch_size=256, seed=0)
+    context = pool_context(dataset, labels, teacher)
     strategy.fit(context)
     rng = torch.Generator().manual_seed(0)
     rates, seconds = [], []
@@ -57,6 +45,5 @@ for name, knobs in VARIANTS.items():
         start = time.perf_counter()
         _, pool_labels, logits = strategy.generate(context, rng, lambda n: None)
         seconds.append(time.perf_counter() - start)
-        confidence = torch.softmax(logits, 1).gather(1, pool_labels[:, None]).squeeze(1)
-        rates.append(f'{float((confidence >= 0.5).float().mean()):.3f}')
+        rates.append(pass_rate(pool_labels, logits))
     print(f'{scenario} | {name} | pass rates: {" ".join(rates)} | s per pool: {sum(seconds) / 3:.2f}', flush=True)
