@@ -56,7 +56,8 @@ for column in ('test_acc', 'student_domain_acc'):
                 if (r['method'], r['scenario'], r['budget']) == (variant, scenario, budget)}
         base = {r['seed']: r for r in suite if (r['method'], r['scenario'], r['budget']) == ('method', scenario, budget)
                 and r['seed'] in mine}
-        seeds = sorted(set(mine) & set(base))
+        # A scenario without a student's domain of its own (scarce data) leaves that column empty.
+        seeds = sorted(s for s in set(mine) & set(base) if mine[s][column] and base[s][column])
         if not seeds:
             continue
         today = method_wall(clock, scenario, budget, seeds)
